@@ -1,0 +1,381 @@
+"""Synthesis of degraded/clean pairs from the prepared photos, written as tar shards plus a manifest.
+
+Seeds (design.md §5: every random choice derives from a recorded seed)
+-----------------------------------------------------------------------
+* Training pair ``i`` of class ``c`` (position ``c`` in ``classes``) uses
+  ``pair_seed = SeedSequence([seed, c, i]).generate_state(1)[0]`` (a uint32, recorded as ``seed``).
+  From it, stream ``SeedSequence(pair_seed, spawn_key=(2,))`` chooses the photo (uniform over the eligible
+  training photos sorted by ``image_id``) and the crop position (uniform), then
+  ``degrade(crop, class, pair_seed)`` uses spawn keys 0 (parameters) and 1 (noise field).
+  Pair ``i`` of a class therefore does not depend on ``pairs_per_class``, shard size, or other classes.
+* Benchmark entry ``k`` (position in ``entries``) uses ``seed + k`` for **every** benchmark photo, the
+  analogue of the official test code re-seeding with 0 for every image (maskdcpt-method.md §5.2).
+
+Storage: shards ``out_dir/<split>-00000.tar``, ... (format in :mod:`maskdcpt.data.shards`); training LQ
+8-bit, benchmark LQ 16-bit, GT 8-bit (exact: the prepared photos are 8-bit). Shards of the same split
+left over from an earlier, larger run are deleted. The returned manifest (one row per pair,
+:data:`PAIR_COLUMNS`) is enough to rebuild any pair with :func:`regenerate_pair`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from maskdcpt.data.shards import KEY_PATTERN, write_shard
+from maskdcpt.degradations import TASKS, degrade, get_degradation
+from maskdcpt.imageio import file_sha256, image_info, quantize, read_image
+
+__all__ = [
+    "PAIR_COLUMNS",
+    "pair_seed",
+    "synthesize_training_pairs",
+    "synthesize_benchmark_pairs",
+    "regenerate_pair",
+    "psnr",
+]
+
+#: Manifest columns of both synthesis functions (benchmark adds ``label``).
+PAIR_COLUMNS = [
+    "pair_id", "split", "image_id", "image_sha256", "image_png_sha256", "degradation", "class_index",
+    "params", "seed", "crop_y", "crop_x", "height", "width", "shard", "key", "psnr_lq_gt", "lq_differs",
+    "lq_bit_depth",
+]
+GT_BIT_DEPTH = 8
+_SELECT_STREAM = 2  # spawn key reserved for photo/crop selection (degrade uses 0 and 1)
+
+
+def pair_seed(seed: int, class_index: int, index: int) -> int:
+    """The training pair seed ``SeedSequence([seed, class_index, index]).generate_state(1)[0]`` (uint32)."""
+    return int(np.random.SeedSequence([int(seed), int(class_index), int(index)]).generate_state(1)[0])
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two float images in [0, 1] (peak 1, float64 MSE over all pixels and channels, no
+    quantisation, no border crop). ``inf`` for identical images."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return math.inf if mse == 0.0 else 10.0 * math.log10(1.0 / mse)
+
+
+def _load_photo(path: str) -> np.ndarray:
+    """The prepared photo as float32 (H, W, 3), cached by (path, mtime, size); read-only array."""
+    st = os.stat(path)
+    return _load_cached(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _load_cached(path: str, mtime_ns: int, size: int) -> np.ndarray:
+    img = read_image(path, max_pixels=None)
+    img.setflags(write=False)
+    return img
+
+
+def _photo_path(row: Mapping[str, Any], prepared_dir: str | os.PathLike | None) -> Path:
+    if prepared_dir is not None:
+        return Path(prepared_dir) / "images" / f"{row['image_id']}.png"
+    if "path" in row and isinstance(row["path"], str) and row["path"]:
+        return Path(row["path"])
+    raise ValueError("images need a 'path' column, or pass prepared_dir")
+
+
+def _table(images: pd.DataFrame, prepared_dir, *, keep_split: str | None, drop_split: str | None) -> list[dict]:
+    if not isinstance(images, pd.DataFrame):
+        images = pd.DataFrame(images)
+    for col in ("image_id", "sha256"):
+        if col not in images.columns:
+            raise ValueError(f"images lacks the column {col!r}")
+    df = images
+    if "split" in df.columns:
+        if keep_split is not None:
+            df = df[df["split"] == keep_split]
+        if drop_split is not None:
+            df = df[df["split"] != drop_split]
+    if df["image_id"].duplicated().any():
+        raise ValueError("images has duplicated image_id values")
+    rows = []
+    for r in df.sort_values("image_id", kind="stable").to_dict("records"):
+        p = _photo_path(r, prepared_dir)
+        if {"width", "height"} <= set(r) and not pd.isna(r["width"]) and not pd.isna(r["height"]):
+            w, h = int(r["width"]), int(r["height"])
+        else:
+            info = image_info(p)
+            w, h = info["width"], info["height"]
+        rows.append({"image_id": str(r["image_id"]), "sha256": str(r["sha256"]),
+                     "png_sha256": r.get("png_sha256"), "path": str(p), "width": w, "height": h})
+    return rows
+
+
+def _write_shards(out_dir: Path, split: str, specs: list[dict], shard_size: int, lq_bit_depth: int,
+                  make) -> list[dict]:
+    """Write ``specs`` in chunks of ``shard_size``; ``make(spec)`` returns ``(sample, row)``."""
+    if shard_size < 1:
+        raise ValueError("shard_size must be >= 1")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    n_shards = 0
+    for start in range(0, len(specs), shard_size):
+        name = f"{split}-{n_shards:05d}.tar"
+
+        def samples(chunk=specs[start:start + shard_size], name=name):
+            for spec in chunk:
+                sample, row = make(spec)
+                row["shard"] = name
+                rows.append(row)
+                yield sample
+
+        write_shard(out_dir / name, samples(), lq_bit_depth=lq_bit_depth, gt_bit_depth=GT_BIT_DEPTH)
+        n_shards += 1
+    pattern = re.compile(rf"{re.escape(split)}-(\d{{5}})\.tar")
+    for f in out_dir.iterdir():
+        m = pattern.fullmatch(f.name)
+        if m and int(m.group(1)) >= n_shards:
+            f.unlink()
+    return rows
+
+
+def _pair(gt: np.ndarray, degradation: str, seed: int, params, lq_bit_depth: int):
+    lq, full = degrade(gt, degradation, seed, params=params)
+    stored_lq = quantize(lq, lq_bit_depth)
+    stored_gt = quantize(gt, GT_BIT_DEPTH)
+    return lq, full, psnr(lq, gt), bool(not np.array_equal(stored_lq, stored_gt))
+
+
+def synthesize_training_pairs(
+    images: pd.DataFrame,
+    classes: Sequence[str],
+    pairs_per_class: int,
+    crop: int,
+    seed: int,
+    out_dir: str | os.PathLike,
+    split: str = "train",
+    shard_size: int = 256,
+    lq_bit_depth: int = 8,
+    *,
+    prepared_dir: str | os.PathLike | None = None,
+) -> pd.DataFrame:
+    """Synthesise ``pairs_per_class`` random ``crop × crop`` training pairs for every class.
+
+    Parameters
+    ----------
+    images : DataFrame
+        Prepared-photo manifest rows (:func:`maskdcpt.data.photos.prepare_photos`): ``image_id``, ``sha256``
+        and ``path`` (the prepared 8-bit PNG; relative paths are relative to the working directory), or pass
+        ``prepared_dir`` to use ``prepared_dir/images/<image_id>.png``. ``width``/``height`` are used when
+        present. **Rows with ``split == 'benchmark'`` are always excluded** (no benchmark pixel reaches
+        training); photos whose shorter side is below ``crop`` are skipped.
+    classes : list of str
+        Ordered degradation names; the position is ``class_index`` (e.g. ``TASKS["5d"]``).
+    pairs_per_class : int
+        Pairs per class (≥ 0).
+    crop : int
+        Square crop side in px.
+    seed : int
+        Base seed (see the module docstring for the derivation).
+    out_dir : path-like
+        Shards go to ``out_dir/<split>-%05d.tar``, ``shard_size`` pairs each, interleaved by class
+        (pair 0 of every class, then pair 1, ...) so every shard is class-balanced.
+    lq_bit_depth : 8 or 16
+
+    Returns
+    -------
+    DataFrame
+        Columns :data:`PAIR_COLUMNS`: ``pair_id`` (= ``key`` = ``f"{split}-{class}-{i:06d}"``), ``split``,
+        ``image_id``, ``image_sha256`` (source file), ``image_png_sha256`` (prepared PNG, if known),
+        ``degradation``, ``class_index``, ``params`` (JSON), ``seed`` (the pair seed), ``crop_y``,
+        ``crop_x``, ``height``, ``width`` (px), ``shard`` (file name), ``key``, ``psnr_lq_gt`` (dB, float
+        LQ vs GT, peak 1), ``lq_differs`` (stored LQ ≠ stored GT), ``lq_bit_depth``.
+
+    Raises ``ValueError`` for unknown classes, no eligible photo, or bad sizes.
+    """
+    classes = list(classes)
+    for c in classes:
+        get_degradation(c)
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"classes must be unique, got {classes}")
+    if pairs_per_class < 0 or crop < 1:
+        raise ValueError("pairs_per_class must be >= 0 and crop >= 1")
+    if not KEY_PATTERN.fullmatch(split):
+        raise ValueError(f"split must match {KEY_PATTERN.pattern}")
+    photos = [r for r in _table(images, prepared_dir, keep_split=None, drop_split="benchmark")
+              if min(r["width"], r["height"]) >= crop]
+    if pairs_per_class > 0 and not photos:
+        raise ValueError(f"no training photo has both sides >= crop={crop}")
+
+    specs = []
+    for i in range(pairs_per_class):
+        for ci, c in enumerate(classes):
+            s = pair_seed(seed, ci, i)
+            rng = np.random.default_rng(np.random.SeedSequence(s, spawn_key=(_SELECT_STREAM,)))
+            photo = photos[int(rng.integers(len(photos)))]
+            y = int(rng.integers(0, photo["height"] - crop + 1))
+            x = int(rng.integers(0, photo["width"] - crop + 1))
+            specs.append({"i": i, "ci": ci, "c": c, "seed": s, "photo": photo, "y": y, "x": x})
+
+    def make(spec):
+        photo = spec["photo"]
+        img = _load_photo(photo["path"])
+        if img.shape[:2] != (photo["height"], photo["width"]):
+            raise ValueError(f"{photo['path']}: size {img.shape[1]}x{img.shape[0]} differs from the manifest")
+        y, x = spec["y"], spec["x"]
+        gt = np.ascontiguousarray(img[y:y + crop, x:x + crop])
+        lq, params, p, differs = _pair(gt, spec["c"], spec["seed"], None, lq_bit_depth)
+        key = f"{split}-{spec['c']}-{spec['i']:06d}"
+        row = {
+            "pair_id": key, "split": split, "image_id": photo["image_id"], "image_sha256": photo["sha256"],
+            "image_png_sha256": photo["png_sha256"], "degradation": spec["c"], "class_index": spec["ci"],
+            "params": json.dumps(params, sort_keys=True), "seed": spec["seed"], "crop_y": y, "crop_x": x,
+            "height": crop, "width": crop, "key": key, "psnr_lq_gt": p, "lq_differs": differs,
+            "lq_bit_depth": lq_bit_depth,
+        }
+        meta = {k: row[k] for k in ("pair_id", "split", "image_id", "degradation", "class_index", "seed",
+                                    "crop_y", "crop_x")}
+        meta["params"] = params
+        return {"key": key, "lq": lq, "gt": gt, "meta": meta}, row
+
+    rows = _write_shards(Path(out_dir), split, specs, shard_size, lq_bit_depth, make)
+    return _frame(rows, PAIR_COLUMNS)
+
+
+def synthesize_benchmark_pairs(
+    images: pd.DataFrame,
+    entries: Sequence[Mapping[str, Any]],
+    seed: int,
+    out_dir: str | os.PathLike,
+    max_size: int | None = None,
+    *,
+    classes: Sequence[str] | None = None,
+    split: str = "benchmark",
+    shard_size: int = 256,
+    lq_bit_depth: int = 16,
+    prepared_dir: str | os.PathLike | None = None,
+) -> pd.DataFrame:
+    """Degrade every benchmark photo with every entry (fixed seeds, whole image or a centre crop).
+
+    Parameters
+    ----------
+    images : DataFrame
+        Prepared-photo manifest rows as for :func:`synthesize_training_pairs`; if a ``split`` column exists
+        only ``split == 'benchmark'`` rows are used. Photos are processed sorted by ``image_id``.
+    entries : list of dict
+        ``{"degradation": name, "params": {...} (optional, full or partial), "label": str (optional,
+        default the degradation name)}``. Labels must be unique and match ``[A-Za-z0-9_-]+``.
+        Example: ``{"degradation": "gaussian_noise", "params": {"sigma": 25}, "label": "gaussian_noise_s25"}``.
+    seed : int
+        Entry ``k`` uses the pair seed ``seed + k`` for every photo (so unspecified parameters are the same
+        for all photos of one entry).
+    out_dir : path-like
+        Shards ``out_dir/<split>-%05d.tar``.
+    max_size : int, optional
+        If given, each side is reduced to ``min(side, max_size)`` rounded **down** to a multiple of 16 and
+        the image is centre-cropped (offset ``(side − new)//2``); ``None`` keeps the whole image.
+    classes : list of str, optional
+        For ``class_index`` (position of the degradation; −1 if absent); default ``TASKS["5d"]``.
+    lq_bit_depth : 8 or 16 (default 16, keeping the float protocol within 1/65535)
+
+    Returns
+    -------
+    DataFrame
+        :data:`PAIR_COLUMNS` plus ``label``; ``pair_id`` = ``key`` = ``f"{split}-{label}-{image_id}"``.
+    """
+    classes = list(TASKS["5d"] if classes is None else classes)
+    labels = []
+    norm_entries = []
+    for e in entries:
+        name = e["degradation"]
+        get_degradation(name)
+        label = e.get("label") or name
+        if not KEY_PATTERN.fullmatch(label):
+            raise ValueError(f"label must match {KEY_PATTERN.pattern}, got {label!r}")
+        labels.append(label)
+        norm_entries.append({"degradation": name, "params": dict(e.get("params") or {}), "label": label})
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"entry labels must be unique, got {labels}")
+    if max_size is not None and max_size < 16:
+        raise ValueError("max_size must be >= 16")
+    photos = _table(images, prepared_dir, keep_split="benchmark", drop_split=None)
+
+    specs = []
+    for photo in photos:
+        h, w = photo["height"], photo["width"]
+        if max_size is not None:
+            th, tw = min(h, max_size) // 16 * 16, min(w, max_size) // 16 * 16
+            if th < 16 or tw < 16:
+                raise ValueError(f"{photo['image_id']} is smaller than 16 px")
+            y, x = (h - th) // 2, (w - tw) // 2
+        else:
+            th, tw, y, x = h, w, 0, 0
+        for k, e in enumerate(norm_entries):
+            specs.append({"photo": photo, "entry": e, "seed": int(seed) + k, "y": y, "x": x, "h": th, "w": tw})
+
+    def make(spec):
+        photo, e = spec["photo"], spec["entry"]
+        img = _load_photo(photo["path"])
+        y, x, th, tw = spec["y"], spec["x"], spec["h"], spec["w"]
+        gt = np.ascontiguousarray(img[y:y + th, x:x + tw])
+        lq, params, p, differs = _pair(gt, e["degradation"], spec["seed"], e["params"], lq_bit_depth)
+        key = f"{split}-{e['label']}-{photo['image_id']}"
+        ci = classes.index(e["degradation"]) if e["degradation"] in classes else -1
+        row = {
+            "pair_id": key, "split": split, "image_id": photo["image_id"], "image_sha256": photo["sha256"],
+            "image_png_sha256": photo["png_sha256"], "degradation": e["degradation"], "class_index": ci,
+            "params": json.dumps(params, sort_keys=True), "seed": spec["seed"], "crop_y": y, "crop_x": x,
+            "height": th, "width": tw, "key": key, "psnr_lq_gt": p, "lq_differs": differs,
+            "lq_bit_depth": lq_bit_depth, "label": e["label"],
+        }
+        meta = {k: row[k] for k in ("pair_id", "split", "image_id", "degradation", "class_index", "seed",
+                                    "crop_y", "crop_x", "label")}
+        meta["params"] = params
+        return {"key": key, "lq": lq, "gt": gt, "meta": meta}, row
+
+    rows = _write_shards(Path(out_dir), split, specs, shard_size, lq_bit_depth, make)
+    return _frame(rows, PAIR_COLUMNS + ["label", "shard"])
+
+
+def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    cols = list(dict.fromkeys(columns + ["shard"]))
+    df = pd.DataFrame(rows, columns=cols)
+    ints = {c: "int64" for c in ("class_index", "seed", "crop_y", "crop_x", "height", "width", "lq_bit_depth")}
+    if len(df):
+        df = df.astype({**ints, "psnr_lq_gt": "float64", "lq_differs": "bool"})
+    return df[[c for c in cols]]
+
+
+def regenerate_pair(
+    row: Mapping[str, Any] | pd.Series,
+    prepared_dir: str | os.PathLike,
+    *,
+    quantized: bool = True,
+    verify: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rebuild a pair from its manifest row and the prepared photo ``prepared_dir/images/<image_id>.png``.
+
+    Returns ``(lq, gt)``, float32 ``(height, width, 3)``. With ``quantized=True`` (default) the LQ is rounded
+    to the row's ``lq_bit_depth`` exactly as the shard stores it, so both arrays equal the shard's decoded
+    ``lq``/``gt`` bit for bit; with ``quantized=False`` the un-quantised float LQ is returned.
+    With ``verify`` the prepared PNG's sha256 is checked against ``image_png_sha256`` when the row has one
+    (``ValueError`` on mismatch).
+    """
+    row = dict(row)
+    path = Path(prepared_dir) / "images" / f"{row['image_id']}.png"
+    want = row.get("image_png_sha256")
+    if verify and isinstance(want, str) and want and file_sha256(path) != want:
+        raise ValueError(f"{path} does not match the manifest's image_png_sha256")
+    img = _load_photo(str(path))
+    y, x, h, w = (int(row[k]) for k in ("crop_y", "crop_x", "height", "width"))
+    gt = np.ascontiguousarray(img[y:y + h, x:x + w])
+    if gt.shape[:2] != (h, w):
+        raise ValueError(f"crop {h}x{w} at ({y}, {x}) does not fit {row['image_id']} {img.shape[:2]}")
+    params = row["params"]
+    params = json.loads(params) if isinstance(params, str) else dict(params)
+    lq, _ = degrade(gt, row["degradation"], int(row["seed"]), params=params)
+    if quantized:
+        lq = quantize(lq, int(row.get("lq_bit_depth", 8)))
+    return lq, gt.copy()

@@ -1,0 +1,613 @@
+"""Image I/O with explicit, documented conversions (design.md §5).
+
+In memory every image is a ``float32`` array of shape ``(H, W, 3)``, RGB order, values in ``[0, 1]``.
+This module is the one place where files become such arrays and back:
+
+* :func:`read_image` decodes a photo with Pillow (OpenCV for the few layouts Pillow cannot hold: 16-bit
+  colour PNG/TIFF and multi-channel float TIFF), applies the EXIF orientation, converts every mode to RGB
+  and scales by the true bit depth. Anything unreadable raises :class:`ImageRejected` with a
+  machine-readable ``reason`` so that batch stages can record it and carry on.
+* :func:`write_png`, :func:`encode_png`, :func:`decode_png` store arrays losslessly as 8- or 16-bit PNG
+  (OpenCV's encoder; OpenCV is BGR internally, the conversion is done here, callers always see RGB).
+  ``decode_png(encode_png(x, b))`` equals :func:`quantize` ``(x, b)`` bit for bit.
+* :func:`file_sha256` hashes a file in streaming fashion.
+
+Conversion rules of :func:`read_image` (pixel values ``v`` → float):
+
+=====================  ==========================================================================
+PIL mode / layout      conversion
+=====================  ==========================================================================
+``1``, ``L``           grey, ``v / 255``, replicated to 3 channels
+``P``                  palette expanded (to RGBA when the palette carries transparency)
+``RGB``                ``v / 255``
+``RGBA``, ``LA``,      alpha-composited over **white**: ``c·α + 1·(1 − α)``, then alpha dropped.
+``PA``, ``RGBa``, ...  White was picked because transparent regions of photos/logos are shown on
+                       white backgrounds by browsers and viewers; it is deterministic either way.
+``CMYK``, ``YCbCr``,   Pillow's ``convert("RGB")`` (embedded ICC profiles are **not** applied)
+``HSV``
+``I;16*``              ``v / (2**bits − 1)``, bits = TIFF ``BitsPerSample`` if present, else 16
+``I`` (int32)          as above, bits = ``BitsPerSample`` or 16 when ``max ≤ 65535`` else 32
+``F`` (float32)        taken as already in [0, 1] and clipped; NaN/inf → rejected ``non_finite``
+16-bit RGB(A) PNG/TIFF decoded with OpenCV, ``v / 65535`` (Pillow would truncate it to 8 bits)
+float RGB TIFF         decoded with OpenCV, clipped to [0, 1]
+=====================  ==========================================================================
+
+Multi-frame files (GIF, multi-page TIFF) yield their first frame.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import struct
+import tempfile
+import warnings
+from pathlib import Path
+from typing import IO, Iterator
+
+import numpy as np
+
+__all__ = [
+    "ImageRejected",
+    "read_image",
+    "read_image_array",
+    "image_info",
+    "write_png",
+    "encode_png",
+    "decode_png",
+    "quantize",
+    "file_sha256",
+    "atomic_write_bytes",
+    "atomic_open",
+    "IMAGE_EXTENSIONS",
+]
+
+#: File extensions that :func:`read_image` is expected to handle (lower case, with the dot).
+IMAGE_EXTENSIONS = (
+    ".png", ".jpg", ".jpeg", ".jpe", ".tif", ".tiff", ".bmp", ".webp", ".gif", ".ppm", ".pgm", ".pnm",
+)
+
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+class ImageRejected(ValueError):
+    """An input file that cannot be used as an image.
+
+    Attributes
+    ----------
+    reason : str
+        Short machine-readable slug: ``not_found``, ``empty_file``, ``not_an_image``, ``truncated``,
+        ``corrupt``, ``too_small``, ``too_many_pixels``, ``unsupported_mode``, ``non_finite``,
+        ``bad_array`` (from :func:`read_image_array`).
+    path : str or None
+        The offending file, when known.
+    """
+
+    def __init__(self, reason: str, message: str, path: str | os.PathLike | None = None):
+        self.reason = reason
+        self.path = None if path is None else str(path)
+        self.message = message
+        super().__init__(f"{reason}: {message}" + (f" ({self.path})" if self.path else ""))
+
+
+# --------------------------------------------------------------------------------------------------
+# hashing and atomic writes
+
+
+def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in ``chunk_size`` chunks (constant memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk_size), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file next to ``path``; on clean exit fsync it and ``os.replace`` it onto ``path``.
+
+    Readers therefore see either the old file or the complete new one, never a partial write. On an
+    exception the temporary file is removed and ``path`` is left untouched. The parent folder is created
+    if needed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Make the rename durable (POSIX); silently skipped where directories cannot be opened.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+# --------------------------------------------------------------------------------------------------
+# reading
+
+
+def _reject(reason: str, message: str, path) -> ImageRejected:
+    return ImageRejected(reason, message, path)
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first IFD of a classic TIFF, or None. Used before OpenCV decodes a TIFF
+    that Pillow cannot identify, so that the pixel budget is checked before any pixel is decoded."""
+    if len(data) < 8 or data[:4] not in (b"II*\x00", b"MM\x00*"):
+        return None
+    end = "<" if data[:2] == b"II" else ">"
+    try:
+        (ifd,) = struct.unpack(end + "I", data[4:8])
+        (n,) = struct.unpack(end + "H", data[ifd: ifd + 2])
+        w = h = None
+        for i in range(n):
+            e = data[ifd + 2 + 12 * i: ifd + 14 + 12 * i]
+            tag, typ = struct.unpack(end + "HH", e[:4])
+            val = struct.unpack(end + "H", e[8:10])[0] if typ == 3 else struct.unpack(end + "I", e[8:12])[0]
+            if tag == 256:
+                w = val
+            elif tag == 257:
+                h = val
+        return (w, h) if w and h else None
+    except struct.error:
+        return None
+
+
+def _orient_array(arr: np.ndarray, orientation: int | None) -> np.ndarray:
+    """Apply EXIF orientation 1..8 to an (H, W, ...) array (same semantics as ImageOps.exif_transpose)."""
+    if orientation in (None, 1):
+        return arr
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1, :],
+        5: lambda a: np.swapaxes(a, 0, 1),
+        6: lambda a: np.rot90(a, k=-1),
+        7: lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1],
+        8: lambda a: np.rot90(a, k=1),
+    }
+    op = ops.get(int(orientation))
+    return np.ascontiguousarray(op(arr)) if op else arr
+
+
+def _from_cv2(arr: np.ndarray) -> np.ndarray:
+    """OpenCV-decoded array (BGR/BGRA/grey, uint8/uint16/float) → float32 (H, W, 3) RGB in [0, 1]."""
+    if arr.dtype == np.uint8:
+        f = arr.astype(np.float32) / np.float32(255)
+    elif arr.dtype == np.uint16:
+        f = arr.astype(np.float32) / np.float32(65535)
+    elif arr.dtype.kind == "f":
+        f = arr.astype(np.float32)
+        if not np.all(np.isfinite(f)):
+            raise ValueError("non_finite")
+        f = np.clip(f, 0.0, 1.0)
+    else:
+        raise TypeError(f"unsupported dtype {arr.dtype}")
+    if f.ndim == 2:
+        f = f[..., None]
+    c = f.shape[2]
+    if c == 1:
+        return np.ascontiguousarray(np.repeat(f, 3, axis=2))
+    if c == 2:  # grey + alpha
+        g, a = f[..., :1], f[..., 1:2]
+        return np.ascontiguousarray(np.repeat(g * a + (1 - a), 3, axis=2))
+    rgb = f[..., 2::-1]
+    if c >= 4:
+        a = f[..., 3:4]
+        rgb = rgb * a + (1 - a)
+    return np.ascontiguousarray(rgb, dtype=np.float32)
+
+
+def _bits_per_sample(im) -> int | None:
+    tags = getattr(im, "tag_v2", None)
+    if tags is None:
+        return None
+    bps = tags.get(258)
+    if bps is None:
+        return None
+    if isinstance(bps, (tuple, list)):
+        bps = max(bps)
+    return int(bps)
+
+
+def _needs_cv2(im, head: bytes) -> bool:
+    """True for colour images with more than 8 bits per sample, which Pillow silently truncates."""
+    if im.mode not in ("RGB", "RGBA"):
+        return False
+    if im.format == "PNG" and len(head) >= 26:
+        return head[24] == 16  # IHDR bit depth
+    if im.format == "TIFF":
+        bps = _bits_per_sample(im)
+        return bps is not None and bps > 8
+    return False
+
+
+def _pil_to_array(im) -> np.ndarray:
+    """A loaded, oriented PIL image → float32 (H, W, 3) in [0, 1] (see the module table)."""
+    mode = im.mode
+    if mode == "1":
+        im, mode = im.convert("L"), "L"
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        mode = im.mode
+    if mode in ("PA", "RGBa", "La"):
+        im = im.convert("RGBA" if mode != "La" else "LA")
+        mode = im.mode
+    if mode in ("L", "RGB"):
+        f = np.asarray(im, dtype=np.float32) / np.float32(255)
+    elif mode in ("LA", "RGBA"):
+        a8 = np.asarray(im, dtype=np.float32) / np.float32(255)
+        a = a8[..., -1:]
+        f = a8[..., :-1] * a + (1 - a)
+    elif mode.startswith("I;16") or mode == "I":
+        raw = np.asarray(im)
+        bits = _bits_per_sample(im)
+        if bits is None:
+            bits = 16 if (mode != "I" or int(raw.max(initial=0)) <= 65535) else 32
+        f = np.clip(raw.astype(np.float64) / float(2 ** bits - 1), 0.0, 1.0).astype(np.float32)
+    elif mode == "F":
+        f = np.asarray(im, dtype=np.float32)
+        if not np.all(np.isfinite(f)):
+            raise ValueError("non_finite")
+        f = np.clip(f, 0.0, 1.0)
+    else:
+        try:
+            rgb = im.convert("RGB")
+        except (ValueError, OSError) as e:
+            raise TypeError(f"unsupported PIL mode {mode!r}: {e}") from e
+        f = np.asarray(rgb, dtype=np.float32) / np.float32(255)
+    if f.ndim == 2:
+        f = np.repeat(f[..., None], 3, axis=2)
+    elif f.shape[2] == 1:
+        f = np.repeat(f, 3, axis=2)
+    return np.ascontiguousarray(f, dtype=np.float32)
+
+
+def image_info(path: str | os.PathLike) -> dict:
+    """Header-only facts about an image file: ``{"width", "height", "mode", "format", "orientation"}``.
+
+    Width/height are *after* EXIF orientation. Raises :class:`ImageRejected` like :func:`read_image`
+    for missing, empty or non-image files; decodes no pixels.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise _reject("not_found", "no such file", path)
+    if path.stat().st_size == 0:
+        raise _reject("empty_file", "file has zero bytes", path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                orientation = im.getexif().get(0x0112)
+                mode, fmt = im.mode, im.format
+    except Image.DecompressionBombError as e:
+        raise _reject("too_many_pixels", str(e), path) from e
+    except UnidentifiedImageError as e:
+        raise _reject("not_an_image", "Pillow cannot identify this file", path) from e
+    if orientation in (5, 6, 7, 8):
+        w, h = h, w
+    return {"width": w, "height": h, "mode": mode, "format": fmt, "orientation": orientation}
+
+
+def read_image(
+    path: str | os.PathLike,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    min_size: int = 0,
+    return_mode: bool = False,
+):
+    """Decode an image file into a float32 ``(H, W, 3)`` RGB array with values in ``[0, 1]``.
+
+    Parameters
+    ----------
+    path : path-like
+        Any format Pillow reads (PNG, JPEG, TIFF, BMP, WebP, GIF, PNM, ...), plus float/16-bit colour TIFF
+        and 16-bit colour PNG through OpenCV.
+    max_pixels : int or None
+        Decompression-bomb guard: the pixel count ``W·H`` is read from the header *before* any pixel is
+        decoded, and a larger image is rejected with reason ``too_many_pixels``. Pillow's own hard limit
+        (``2 · PIL.Image.MAX_IMAGE_PIXELS`` ≈ 179 MP by default) also maps to ``too_many_pixels``.
+        ``None`` disables the check here (Pillow's limit still applies).
+    min_size : int
+        Minimum allowed length of the *shorter* side in pixels (after orientation); smaller images are
+        rejected with reason ``too_small``.
+    return_mode : bool
+        If True return ``(array, pil_mode)`` where ``pil_mode`` is the file's original PIL mode
+        (e.g. ``"L"``, ``"RGB"``, ``"I;16"``, ``"CMYK"``; ``"RGB;16"``/``"RGBA;16"`` for 16-bit colour).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, C-contiguous, shape ``(H, W, 3)``, RGB, in ``[0, 1]``; EXIF orientation applied.
+        Conversions follow the table in the module docstring.
+
+    Raises
+    ------
+    ImageRejected
+        ``reason`` ∈ {``not_found``, ``empty_file``, ``not_an_image``, ``truncated``, ``corrupt``,
+        ``too_many_pixels``, ``too_small``, ``unsupported_mode``, ``non_finite``}. The whole file is decoded
+        (``Image.load()``), so truncated or corrupt data is detected here, not later. Note: if some other
+        code sets ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True`` Pillow pads truncated files silently.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise _reject("not_found", "no such file", path)
+    size = path.stat().st_size
+    if size == 0:
+        raise _reject("empty_file", "file has zero bytes", path)
+    with open(path, "rb") as f:
+        data = f.read()
+
+    def check_size(w: int, h: int) -> None:
+        if max_pixels is not None and w * h > max_pixels:
+            raise _reject("too_many_pixels", f"{w}x{h} = {w * h} pixels > max_pixels={max_pixels}", path)
+        if min(w, h) < min_size:
+            raise _reject("too_small", f"{w}x{h}: shorter side < min_size={min_size}", path)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise _reject("too_many_pixels", str(e), path) from e
+    except UnidentifiedImageError as e:
+        tsize = _tiff_size(data)
+        if tsize is None:
+            raise _reject("not_an_image", "Pillow cannot identify this file", path) from e
+        # A TIFF layout Pillow cannot hold (e.g. float32 RGB): size-check, then OpenCV.
+        check_size(*tsize)
+        arr = _cv2_decode(data, path)
+        out = _from_cv2_checked(arr, path)
+        return (out, f"cv2:{arr.dtype}x{arr.shape[2] if arr.ndim == 3 else 1}") if return_mode else out
+    except (OSError, SyntaxError, ValueError, struct.error) as e:
+        raise _reject("corrupt", f"header could not be parsed: {e}", path) from e
+
+    with im:
+        w, h = im.size
+        try:
+            orientation = im.getexif().get(0x0112)
+        except Exception:  # malformed EXIF: ignore orientation rather than reject the photo
+            orientation = None
+        ow, oh = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+        check_size(ow, oh)
+        mode = im.mode
+        if _needs_cv2(im, data[:32]):
+            arr = _cv2_decode(data, path)
+            out = _orient_array(_from_cv2_checked(arr, path), orientation)
+            mode = f"{mode};16"
+        else:
+            try:
+                im.load()
+            except Image.DecompressionBombError as e:
+                raise _reject("too_many_pixels", str(e), path) from e
+            except (OSError, SyntaxError, ValueError, struct.error, EOFError) as e:
+                msg = str(e)
+                reason = "truncated" if "truncat" in msg.lower() or isinstance(e, EOFError) else "corrupt"
+                raise _reject(reason, f"decoding failed: {msg}", path) from e
+            try:
+                oriented = ImageOps.exif_transpose(im)
+            except Exception:
+                oriented = im
+            try:
+                out = _pil_to_array(oriented)
+            except ValueError as e:
+                raise _reject("non_finite", "float image contains NaN or inf", path) from e
+            except TypeError as e:
+                raise _reject("unsupported_mode", str(e), path) from e
+    return (out, mode) if return_mode else out
+
+
+def _cv2_decode(data: bytes, path) -> np.ndarray:
+    import cv2
+
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise _reject("truncated", "OpenCV could not decode the (high bit depth) image data", path)
+    return arr
+
+
+def _from_cv2_checked(arr: np.ndarray, path) -> np.ndarray:
+    try:
+        return _from_cv2(arr)
+    except ValueError as e:
+        raise _reject("non_finite", "float image contains NaN or inf", path) from e
+    except TypeError as e:
+        raise _reject("unsupported_mode", str(e), path) from e
+
+
+def read_image_array(
+    path: str | os.PathLike,
+    *,
+    key: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    min_size: int = 0,
+) -> np.ndarray:
+    """Load an image stored as a NumPy array (``.npy``, or one array of an ``.npz``).
+
+    The array must be channel-last: ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA,
+    composited over white). ``uint8`` is divided by 255, ``uint16`` by 65535, ``bool`` maps to {0, 1},
+    floats are taken as [0, 1] and clipped. ``key`` selects the array of an ``.npz`` (default: the only
+    one, or ``"image"``). Pickled objects are never loaded. Returns float32 ``(H, W, 3)`` in [0, 1].
+
+    Raises :class:`ImageRejected` (``not_found``, ``empty_file``, ``bad_array``, ``too_many_pixels``,
+    ``too_small``, ``non_finite``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise _reject("not_found", "no such file", path)
+    if path.stat().st_size == 0:
+        raise _reject("empty_file", "file has zero bytes", path)
+    try:
+        loaded = np.load(path, allow_pickle=False, mmap_mode=None)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                names = list(loaded.files)
+                if key is None:
+                    key = names[0] if len(names) == 1 else ("image" if "image" in names else None)
+                if key is None or key not in names:
+                    raise _reject("bad_array", f"choose one of the arrays {names} with key=", path)
+                arr = loaded[key]
+        else:
+            arr = loaded
+    except ImageRejected:
+        raise
+    except (ValueError, OSError, EOFError) as e:
+        raise _reject("bad_array", f"not a loadable .npy/.npz: {e}", path) from e
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise _reject("bad_array", f"expected (H, W[, 1|3|4]) array, got shape {arr.shape}", path)
+    h, w = arr.shape[:2]
+    if max_pixels is not None and h * w > max_pixels:
+        raise _reject("too_many_pixels", f"{w}x{h} > max_pixels={max_pixels}", path)
+    if min(h, w) < min_size:
+        raise _reject("too_small", f"{w}x{h}: shorter side < min_size={min_size}", path)
+    if arr.dtype == np.uint8:
+        f = arr.astype(np.float32) / np.float32(255)
+    elif arr.dtype == np.uint16:
+        f = arr.astype(np.float32) / np.float32(65535)
+    elif arr.dtype == np.bool_:
+        f = arr.astype(np.float32)
+    elif arr.dtype.kind == "f":
+        f = arr.astype(np.float32)
+        if not np.all(np.isfinite(f)):
+            raise _reject("non_finite", "array contains NaN or inf", path)
+        f = np.clip(f, 0.0, 1.0)
+    else:
+        raise _reject("bad_array", f"unsupported dtype {arr.dtype}", path)
+    if f.ndim == 2:
+        f = np.repeat(f[..., None], 3, axis=2)
+    elif f.shape[2] == 4:
+        a = f[..., 3:4]
+        f = f[..., :3] * a + (1 - a)
+    return np.ascontiguousarray(f, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# writing
+
+
+def _max_value(bit_depth: int) -> int:
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth!r}")
+    return 255 if bit_depth == 8 else 65535
+
+
+def _to_int(img: np.ndarray, bit_depth: int) -> np.ndarray:
+    """float [0, 1] → uint8/uint16 by ``round(clip(x, 0, 1) · (2**b − 1))`` (round half to even)."""
+    maxv = _max_value(bit_depth)
+    dtype = np.uint8 if bit_depth == 8 else np.uint16
+    img = np.asarray(img)
+    if img.dtype == dtype:
+        return img
+    if img.dtype.kind not in "fb":
+        raise TypeError(f"expected a float image in [0, 1] (or {np.dtype(dtype).name}), got {img.dtype}")
+    f = img.astype(np.float32)
+    if not np.all(np.isfinite(f)):
+        raise ValueError("image contains NaN or inf")
+    return np.round(np.clip(f, 0.0, 1.0) * np.float32(maxv)).astype(dtype)
+
+
+def quantize(img: np.ndarray, bit_depth: int = 8) -> np.ndarray:
+    """What a PNG of ``bit_depth`` stores and :func:`decode_png` returns: float32 ``round(x·m)/m`` with
+    ``m = 2**bit_depth − 1`` after clipping to [0, 1]. Bit-identical to ``decode_png(encode_png(x))``."""
+    maxv = _max_value(bit_depth)
+    return _to_int(img, bit_depth).astype(np.float32) / np.float32(maxv)
+
+
+def _check_layout(img: np.ndarray) -> np.ndarray:
+    img = np.asarray(img)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (3, 4))):
+        raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {img.shape}")
+    if img.shape[0] == 0 or img.shape[1] == 0:
+        raise ValueError(f"empty image of shape {img.shape}")
+    return img
+
+
+def encode_png(img: np.ndarray, bit_depth: int = 8, compression: int = 3) -> bytes:
+    """Encode an RGB(A)/grey image as PNG bytes.
+
+    Parameters
+    ----------
+    img : array
+        float in [0, 1] (clipped, rounded to the nearest code value), shape ``(H, W)``, ``(H, W, 1)``,
+        ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA). ``uint8`` (bit_depth 8) or ``uint16`` (bit_depth 16)
+        arrays are stored as they are.
+    bit_depth : 8 or 16
+    compression : int
+        zlib level 0-9 (OpenCV ``IMWRITE_PNG_COMPRESSION``); lossless at every level.
+
+    Raises ``ValueError`` for a bad shape, bit depth or non-finite values, ``TypeError`` for other dtypes.
+    """
+    import cv2
+
+    q = _to_int(_check_layout(img), bit_depth)
+    if q.ndim == 3:
+        q = q[..., [2, 1, 0]] if q.shape[2] == 3 else q[..., [2, 1, 0, 3]]
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(q), [cv2.IMWRITE_PNG_COMPRESSION, int(compression)])
+    if not ok:  # pragma: no cover - OpenCV failure
+        raise RuntimeError("OpenCV failed to encode PNG")
+    return buf.tobytes()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """Decode PNG bytes to float32 in [0, 1]: 8-bit ``/255``, 16-bit ``/65535``.
+
+    Returns ``(H, W)`` for grey, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA (channel order as stored, alpha
+    kept; use :func:`read_image` for the compositing rules). Raises ``ValueError`` if undecodable.
+    """
+    import cv2
+
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise ValueError("could not decode PNG data")
+    if arr.dtype == np.uint8:
+        f = arr.astype(np.float32) / np.float32(255)
+    elif arr.dtype == np.uint16:
+        f = arr.astype(np.float32) / np.float32(65535)
+    else:  # pragma: no cover - PNG has no other sample types
+        raise ValueError(f"unexpected PNG dtype {arr.dtype}")
+    if f.ndim == 3:
+        f = f[..., [2, 1, 0]] if f.shape[2] == 3 else f[..., [2, 1, 0, 3]]
+    return np.ascontiguousarray(f)
+
+
+def write_png(path: str | os.PathLike, img: np.ndarray, bit_depth: int = 8, compression: int = 3) -> Path:
+    """Atomically write ``img`` (see :func:`encode_png`) as an 8- or 16-bit PNG at ``path``.
+
+    The bytes go to a temporary file in the destination folder, are fsynced and then ``os.replace``-d
+    onto ``path``, so an interrupted run never leaves a partial PNG. Returns ``Path(path)``.
+    """
+    data = encode_png(img, bit_depth=bit_depth, compression=compression)
+    atomic_write_bytes(path, data)
+    return Path(path)

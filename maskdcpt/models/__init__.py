@@ -1,0 +1,40 @@
+"""Models: NAFNet backbone (masked/plain), patch masking, degradation classifier, MaskDCPT wrapper.
+
+See ``shared/docs/maskdcpt-method.md`` §1 for the architecture these implement.
+"""
+
+from maskdcpt.models.classifier import BottleneckBlock, DegradationClassifier
+from maskdcpt.models.maskdcpt import RECON_HEAD_KINDS, MaskDCPTModel, ReconstructionHead, param_groups
+from maskdcpt.models.masking import expand_mask, num_kept_patches, random_patch_mask
+from maskdcpt.models.nafnet import (
+    NAFNET_PRESETS,
+    PAPER_5D_NUM_PARAMS,
+    LayerNorm2d,
+    NAFBlock,
+    NAFBlocks,
+    NAFNet,
+    SimpleGate,
+    build_nafnet,
+    load_nafnet_state_dict,
+)
+
+__all__ = [
+    "BottleneckBlock",
+    "DegradationClassifier",
+    "LayerNorm2d",
+    "MaskDCPTModel",
+    "NAFBlock",
+    "NAFBlocks",
+    "NAFNET_PRESETS",
+    "NAFNet",
+    "PAPER_5D_NUM_PARAMS",
+    "RECON_HEAD_KINDS",
+    "ReconstructionHead",
+    "SimpleGate",
+    "build_nafnet",
+    "expand_mask",
+    "load_nafnet_state_dict",
+    "num_kept_patches",
+    "param_groups",
+    "random_patch_mask",
+]

@@ -1,0 +1,310 @@
+"""The DeepSpeed training engine shared by pre-training and fine-tuning.
+
+One training function for every scale: ``deepspeed.initialize`` wraps the model and a *torch* AdamW (passing a
+torch optimizer avoids JIT-building DeepSpeed's FusedAdam on CPU, stack-probe.md §2). By default it runs one
+process on CPU with the gloo backend, setting the single-process variables (``RANK=0``, ``WORLD_SIZE=1``, ...)
+itself; under the ``deepspeed`` launcher or ``torchrun`` the variables are already set and N processes train
+data-parallel (nccl on GPUs).
+
+Determinism and resumption: the batch and the mask of step ``s`` are drawn from generators seeded with
+``(seed, step, rank)`` only, so the data order needs no saved iterator: a run resumed from the checkpoint of
+step ``s`` draws exactly the batches an uninterrupted run would have drawn. Checkpoints (``engine.save_checkpoint``
+on all ranks) hold the model, optimizer, LR scheduler, EMA and step; they live under a folder keyed by a hash of
+the training configuration, so a changed configuration never resumes stale state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_distributed(backend: str = "gloo") -> tuple[int, int]:
+    """Initialise ``deepspeed.comm`` once; return ``(rank, world_size)``.
+
+    Without a launcher (no ``RANK`` in the environment) it sets ``RANK=0 WORLD_SIZE=1 LOCAL_RANK=0
+    MASTER_ADDR=127.0.0.1 MASTER_PORT=<free port>``, without which DeepSpeed falls back to MPI discovery and fails
+    (stack-probe.md §2).
+    """
+    import deepspeed
+    import deepspeed.comm as dist
+
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def shutdown_distributed() -> None:
+    """Barrier then destroy the process group (a clean exit; avoids the stray abort of stack-probe.md §2.3)."""
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        with contextlib.suppress(Exception):
+            tdist.barrier()
+        tdist.destroy_process_group()
+
+
+def deepspeed_config(ds: dict[str, Any], micro_batch: int, grad_clip: float) -> dict[str, Any]:
+    """Build the DeepSpeed config from the ``deepspeed`` params group.
+
+    ``train_batch_size = micro_batch x gradient_accumulation_steps x world_size`` is derived by DeepSpeed.
+    Raises ``ValueError`` for a ZeRO stage outside 0-3.
+    """
+    stage = int(ds.get("zero_stage", 0))
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"deepspeed.zero_stage must be 0-3, got {stage}")
+    cfg: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": int(micro_batch),
+        "gradient_accumulation_steps": int(ds.get("gradient_accumulation_steps", 1)),
+        "zero_optimization": {"stage": stage},
+        "bf16": {"enabled": bool(ds.get("bf16", False))},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if grad_clip and grad_clip > 0:
+        cfg["gradient_clipping"] = float(grad_clip)
+    return cfg
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point weights (the ``params_ema`` of BasicSR checkpoints).
+
+    ``ema = d * ema + (1 - d) * w`` after every optimizer step, with ``d = min(decay, (1 + n) / (10 + n))`` for the
+    ``n``-th update: the usual warm-up correction, so that short CPU runs are not dominated by the random
+    initialisation (with ``decay=0.999`` and no correction, 400 steps would keep 67 % of the init).
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.999):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.updates = 0
+        self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.decay, self.updates = state["decay"], state["updates"]
+        self.shadow = {k: v.float().clone() for k, v in state["shadow"].items()}
+
+
+def config_hash(obj: Any) -> str:
+    """A short stable hash of a JSON-serialisable training configuration (keys the checkpoint folder)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def step_generator(seed: int, step: int, rank: int = 0, stream: int = 0) -> torch.Generator:
+    """A CPU generator for step ``step`` of process ``rank``: the only randomness a step uses."""
+    gen = torch.Generator()
+    gen.manual_seed(((seed * 1_000_003 + step) * 1009 + rank) * 31 + stream)
+    return gen
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: final step, last logged values, wall time (s), images/s, resumed-from step."""
+
+    step: int
+    last: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    resumed_from: int = 0
+
+
+def train(
+    model: torch.nn.Module,
+    param_groups: list[dict[str, Any]],
+    *,
+    ds_params: dict[str, Any],
+    micro_batch: int,
+    steps: int,
+    seed: int,
+    make_batch: Callable[[torch.Generator, int], Any],
+    compute_loss: Callable[[torch.nn.Module, Any, torch.Generator], tuple[torch.Tensor, dict[str, float]]],
+    grad_clip: float = 0.0,
+    lr_lambda: Callable[[int], float] | None = None,
+    ema_decay: float | None = None,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 0,
+    resume: str = "auto",
+    log_every: int = 10,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    on_eval: Callable[[int, torch.nn.Module], None] | None = None,
+    eval_every: int = 0,
+    weight_decay: float = 0.0,
+    progress: bool = True,
+) -> tuple[torch.nn.Module, EMA | None, TrainResult]:
+    """Train ``model`` for ``steps`` optimizer steps through ``deepspeed.initialize``.
+
+    Args:
+        model: the network (its weights are updated in place through the engine).
+        param_groups: AdamW parameter groups, each with its ``lr`` (e.g. backbone 3e-4, heads 1e-4).
+        ds_params: the ``deepspeed`` params group (ZeRO stage, bf16, accumulation, backend).
+        micro_batch: samples per process per micro-step.
+        steps: optimizer steps in total (the run resumes towards this number).
+        seed: base seed; step ``s`` on rank ``r`` draws from :func:`step_generator` ``(seed, s, r)``.
+        make_batch: ``(generator, micro_batch) -> batch`` (tensors in the model's expected layout).
+        compute_loss: ``(module, batch, generator) -> (scalar loss, {name: float})``.
+        grad_clip: global gradient-norm clip (0 disables).
+        lr_lambda: LR multiplier per step (a torch ``LambdaLR``); ``None`` keeps the LRs constant.
+        ema_decay: keep an :class:`EMA` of the weights when given.
+        checkpoint_dir: where DeepSpeed checkpoints go; ``None`` disables them.
+        checkpoint_every: save every N steps (and at the end); 0 saves only at the end.
+        resume: ``auto`` (resume when a checkpoint exists), ``never``, or ``must`` (fail loudly when none exists).
+        on_log / on_eval: rank-0 callbacks every ``log_every`` / ``eval_every`` steps.
+
+    Returns:
+        ``(module, ema, result)``: the trained (unwrapped) module, the EMA (or ``None``), and a :class:`TrainResult`.
+
+    Raises:
+        FileNotFoundError: ``resume='must'`` and no checkpoint was found.
+        FloatingPointError: the loss became NaN or infinite (the step is named).
+    """
+    import deepspeed
+
+    rank, world = init_distributed(ds_params.get("dist_backend", "gloo"))
+    cfg = deepspeed_config(ds_params, micro_batch, grad_clip)
+    optimizer = torch.optim.AdamW(param_groups, betas=(0.9, 0.999), weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda) if lr_lambda else None
+    engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                           lr_scheduler=scheduler, config=cfg)
+    accum = cfg["gradient_accumulation_steps"]
+    ema = EMA(engine.module, ema_decay) if ema_decay else None
+    dtype = torch.bfloat16 if cfg["bf16"]["enabled"] else torch.float32
+
+    start = 0
+    if checkpoint_dir is not None and resume != "never":
+        found = (Path(checkpoint_dir) / "latest").is_file()
+        if not found and resume == "must":
+            raise FileNotFoundError(f"resume requested but no checkpoint in {checkpoint_dir}")
+        if found:
+            path, client = engine.load_checkpoint(str(checkpoint_dir))
+            if path is None:
+                raise FileNotFoundError(f"DeepSpeed found no loadable checkpoint in {checkpoint_dir}")
+            start = int(client["step"])
+            if ema is not None and client.get("ema"):
+                ema.load_state_dict(client["ema"])
+            if rank == 0:
+                log.info("resumed from %s at step %d", path, start)
+
+    def save(step: int) -> None:
+        if checkpoint_dir is None:
+            return
+        client = {"step": step, "ema": ema.state_dict() if ema is not None else None}
+        engine.save_checkpoint(str(checkpoint_dir), tag=f"step{step}", client_state=client)
+        if rank == 0:  # keep the newest two checkpoints
+            tags = sorted((p for p in Path(checkpoint_dir).glob("step*") if p.is_dir()),
+                          key=lambda p: int(p.name[4:]))
+            for old in tags[:-2]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    bar = None
+    if progress and rank == 0 and steps > start:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, initial=start, unit="step", dynamic_ncols=True, mininterval=2.0)
+    engine.train()
+    t0, images, last = time.perf_counter(), 0, {}
+    for step in range(start, steps):
+        sums: dict[str, float] = {}
+        for micro in range(accum):
+            gen = step_generator(seed, step * accum + micro, rank)
+            batch = make_batch(gen, micro_batch)
+            batch = _cast(batch, dtype)
+            loss, logs = compute_loss(engine, batch, gen)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}")
+            engine.backward(loss)
+            engine.step()
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + float(v) / accum
+            images += micro_batch * world
+        if ema is not None:
+            ema.update(engine.module)
+        done = step + 1
+        last = sums
+        if bar is not None:
+            elapsed = time.perf_counter() - t0
+            bar.set_postfix(loss=f"{sums.get('loss', float('nan')):.4f}", img_s=f"{images / max(elapsed, 1e-9):.1f}")
+            bar.update(1)
+        if rank == 0 and on_log and (done % max(log_every, 1) == 0 or done == steps):
+            on_log(done, {**sums, "lr": float(optimizer.param_groups[0]["lr"])})
+        if rank == 0 and on_eval and eval_every and (done % eval_every == 0 or done == steps):
+            engine.eval()
+            with torch.no_grad():
+                on_eval(done, engine.module)
+            engine.train()
+        if checkpoint_every and done % checkpoint_every == 0 and done != steps:
+            save(done)
+    if bar is not None:
+        bar.close()
+    if steps > start:
+        save(steps)
+    seconds = time.perf_counter() - t0
+    result = TrainResult(step=steps, last=last, seconds=seconds,
+                         images_per_second=images / seconds if seconds > 0 else 0.0, resumed_from=start)
+    return engine.module, ema, result
+
+
+def _cast(batch: Any, dtype: torch.dtype) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(dtype) if batch.is_floating_point() else batch
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_cast(b, dtype) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _cast(v, dtype) for k, v in batch.items()}
+    return batch
+
+
+def cosine_lambda(steps: int, base_lr: float, eta_min: float) -> Callable[[int], float]:
+    """LR multiplier for cosine annealing from ``base_lr`` to ``eta_min`` over ``steps`` (DCPT fine-tune recipe)."""
+    floor = eta_min / base_lr if base_lr > 0 else 0.0
+
+    def fn(step: int) -> float:
+        progress = min(step, steps) / max(steps, 1)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return fn
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

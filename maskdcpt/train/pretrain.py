@@ -1,0 +1,112 @@
+"""MaskDCPT pre-training (paper Sec. IV, maskdcpt-method.md §1-3).
+
+The backbone (NAFNet) sees the patch-masked LQ (16x16 patches, 50 % kept, a new mask per sample and step); the
+degradation-classification decoder reads the decoder-side multi-level features and the reconstruction head
+restores the clean GT over all pixels. Loss ``alpha * L1(restored, GT) + Focal(logits, class, gamma=2)``.
+AdamW (weight decay 0) with two constant learning rates: backbone 3e-4, heads 1e-4 (paper Sec. V).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from maskdcpt.data.pairs import PairSet, sample_batch
+from maskdcpt.losses import maskdcpt_loss
+from maskdcpt.models import MaskDCPTModel, build_nafnet, param_groups
+from maskdcpt.train import engine
+
+
+def build_pretrain_model(model_cfg: dict[str, Any], num_classes: int, keep_ratio: float = 0.5) -> MaskDCPTModel:
+    """The MaskDCPT pre-training network for the ``model`` params group (arch, preset, recon head)."""
+    if model_cfg.get("arch", "nafnet") != "nafnet":
+        raise ValueError(f"unsupported arch {model_cfg.get('arch')!r}; available: nafnet")
+    backbone = build_nafnet(model_cfg.get("preset", "cpu-default"))
+    return MaskDCPTModel(backbone, num_classes=num_classes, keep_ratio=keep_ratio,
+                         recon_head=model_cfg.get("recon_head", "token"),
+                         recon_blocks=int(model_cfg.get("recon_blocks", 2)))
+
+
+@torch.no_grad()
+def classification_accuracy(model: MaskDCPTModel, pairs: PairSet, num_classes: int, seed: int,
+                            batch_size: int = 16) -> dict[str, float]:
+    """Degradation-classification accuracy of ``model`` on ``pairs`` with masks from a fixed generator.
+
+    Returns ``{"acc": overall, "acc_<k>": per class k}`` as fractions in [0, 1] (classes without samples omitted).
+    """
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    dtype = next(model.parameters()).dtype
+    correct = torch.zeros(num_classes)
+    total = torch.zeros(num_classes)
+    for start in range(0, len(pairs), batch_size):
+        lq = pairs.lq[start:start + batch_size].to(dtype)
+        y = pairs.labels[start:start + batch_size]
+        pred = model(lq, generator=gen)["logits"].argmax(1)
+        for k in range(num_classes):
+            sel = y == k
+            total[k] += sel.sum()
+            correct[k] += (pred[sel] == k).sum()
+    out = {"acc": float(correct.sum() / total.sum().clamp(min=1))}
+    out.update({f"acc_{k}": float(correct[k] / total[k]) for k in range(num_classes) if total[k] > 0})
+    return out
+
+
+def run_pretrain(train_set: PairSet, val_set: PairSet | None, *, num_classes: int, model_cfg: dict[str, Any],
+                 cfg: dict[str, Any], ds_params: dict[str, Any], seed: int, out_dir: Path,
+                 checkpoint_dir: Path | None = None, on_log: Callable[[int, dict], None] | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """Pre-train and write ``out_dir/model.pt`` (whole network, ``params``) and ``out_dir/backbone.pt``
+    (the backbone only, official NAFNet key names, ``params``) atomically.
+
+    Returns a summary: steps, seconds, images/s, last losses, final validation accuracy.
+    """
+    torch.manual_seed(seed)
+    model = build_pretrain_model(model_cfg, num_classes, float(cfg.get("keep_ratio", 0.5)))
+    groups = param_groups(model, float(cfg["backbone_lr"]), float(cfg["head_lr"]))
+    alpha, gamma = float(cfg.get("alpha", 1.0)), float(cfg.get("focal_gamma", 2.0))
+
+    def make_batch(gen: torch.Generator, n: int):
+        return sample_batch(train_set, gen, n)
+
+    def compute_loss(module, batch, gen):
+        lq, gt, y = batch
+        out = module(lq, generator=gen)
+        total, parts = maskdcpt_loss(out["restored"].float(), gt.float(), out["logits"].float(), y,
+                                     alpha=alpha, gamma=gamma)
+        acc = (out["logits"].argmax(1) == y).float().mean()
+        return total, {"loss": float(total.detach()), "l1": float(parts["l1"]), "focal": float(parts["focal"]),
+                       "train_acc": float(acc)}
+
+    val_log: dict[str, float] = {}
+
+    def on_eval(step: int, module) -> None:
+        if val_set is None:
+            return
+        acc = classification_accuracy(module, val_set, num_classes, seed)
+        val_log.clear()
+        val_log.update({f"val_{k}": v for k, v in acc.items()})
+        if on_log:
+            on_log(step, dict(val_log))
+        module.train()
+
+    module, _, result = engine.train(
+        model, groups, ds_params=ds_params, micro_batch=int(cfg["batch_size"]), steps=int(cfg["steps"]),
+        seed=seed, make_batch=make_batch, compute_loss=compute_loss, grad_clip=float(cfg.get("grad_clip", 0)),
+        checkpoint_dir=checkpoint_dir, checkpoint_every=int(cfg.get("checkpoint_every", 0)),
+        log_every=int(cfg.get("log_every", 10)), on_log=on_log, on_eval=on_eval,
+        eval_every=int(cfg.get("eval_every", 0)) or int(cfg["steps"]),
+        weight_decay=float(cfg.get("weight_decay", 0.0)), progress=progress)
+    state = {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
+    backbone = {k: v.detach().float().cpu() for k, v in module.backbone_state_dict().items()}
+    out_dir = Path(out_dir)
+    meta = {"arch": model_cfg.get("arch", "nafnet"), "preset": model_cfg.get("preset"),
+            "num_classes": num_classes, "steps": result.step}
+    engine.atomic_torch_save({"params": state, "meta": meta}, out_dir / "model.pt")
+    engine.atomic_torch_save({"params": backbone, "meta": meta}, out_dir / "backbone.pt")
+    return {"steps": result.step, "seconds": round(result.seconds, 2),
+            "images_per_second": round(result.images_per_second, 2), "resumed_from": result.resumed_from,
+            **{f"train_{k}" if not k.startswith("train_") else k: v for k, v in result.last.items()},
+            **val_log}

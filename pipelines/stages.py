@@ -1,0 +1,440 @@
+"""The pipeline's stages, one function each, as ``dvc.yaml`` runs them (``python -m pipelines.stage NAME``).
+
+Each stage reads ``params.yaml``, logs to its nested MLflow run (:mod:`pipelines.tracking`), and writes its DVC
+outs atomically: a folder out is built in a temporary sibling and renamed into place only when the stage has
+succeeded, so a failed or interrupted stage leaves nothing that DVC would take as done. Training stages resume
+from their DeepSpeed checkpoints under ``.cache/checkpoints/<stage>/<config hash>`` when re-run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+from maskdcpt.config import find_root, load_params
+
+log = logging.getLogger("maskdcpt.stages")
+
+PREPARED = Path("data/prepared")
+PAIRS = Path("data/pairs")
+PRETRAINED = Path("models/pretrain")
+FINETUNED = Path("models/finetune")
+BENCHMARK_METRICS = Path("metrics/benchmark.json")
+PRETRAIN_METRICS = Path("metrics/pretrain.json")
+EVAL_REPORTS = Path("reports/evaluate")
+VALIDATE_REPORTS = Path("reports/validate")
+REGISTER_REPORT = Path("reports/register/decision.json")
+
+
+class StageFailed(RuntimeError):
+    """A stage stopped the pipeline on purpose (e.g. a failed data contract); the message says why."""
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+@contextlib.contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside ``target``; on success replace ``target`` with it, on failure
+    delete it (the old ``target``, if any, is left as it was)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically (temp file + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def file_digest(*paths: Path) -> str:
+    """sha256 (first 16 hex) over the bytes of ``paths`` (identifies a data version in checkpoint keys)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _classes(params: dict[str, Any]) -> list[str]:
+    classes = list(params["task"]["classes"])
+    if len(set(classes)) != len(classes) or not classes:
+        raise ValueError(f"task.classes must be a non-empty list of distinct names, got {classes}")
+    return classes
+
+
+def _metrics_logger(prefix: str = ""):
+    import mlflow
+
+    def on_log(step: int, values: dict[str, float]) -> None:
+        clean = {f"{prefix}{k}": float(v) for k, v in values.items() if isinstance(v, (int, float))}
+        mlflow.log_metrics(clean, step=step)
+        log.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in clean.items()))
+
+    return on_log
+
+
+def _photos(root: Path) -> pd.DataFrame:
+    photos = pd.read_parquet(root / PREPARED / "manifest.parquet")
+    photos["path"] = [str(root / PREPARED / "images" / f"{i}.png") for i in photos["image_id"]]
+    return photos
+
+
+# ----------------------------------------------------------------------------------------------- stages
+def prepare(params: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Collect the clean photos, convert them to RGB PNG, record the manifest and split train / benchmark."""
+    import mlflow
+
+    from maskdcpt.data.photos import collect_folder, collect_packaged_photos, prepare_photos
+
+    p = params["prepare"]
+    missing: list[dict] = []
+    if p["source"] == "packaged":
+        sources, missing = collect_packaged_photos()
+    elif p["source"] == "folder":
+        if not p.get("folder"):
+            raise ValueError("prepare.source is 'folder' but prepare.folder is empty")
+        sources = collect_folder(p["folder"], benchmark_fraction=float(p.get("benchmark_fraction", 0.2)))
+    else:
+        raise ValueError(f"prepare.source must be 'packaged' or 'folder', got {p['source']!r}")
+    with atomic_dir(root / PREPARED) as tmp:
+        manifest, rejections = prepare_photos(sources, tmp, min_size=int(p["min_size"]),
+                                              max_pixels=int(p["max_pixels"]))
+        if manifest.empty:
+            raise StageFailed("no usable photo was found; see the rejections: "
+                              + "; ".join(f"{r.get('src_path')}: {r.get('reason')}"
+                                          for r in rejections.head(5).to_dict("records")))
+        for split in ("train", "benchmark"):
+            if not (manifest["split"] == split).any():
+                raise StageFailed(f"no photo landed in the {split} split; need at least one of each")
+        manifest.to_parquet(tmp / "manifest.parquet", index=False)
+        rejections.to_csv(tmp / "rejections.csv", index=False)
+        if missing:
+            pd.DataFrame(missing).to_csv(tmp / "missing_packages.csv", index=False)
+    summary = {"photos": int(len(manifest)), "train_photos": int((manifest["split"] == "train").sum()),
+               "benchmark_photos": int((manifest["split"] == "benchmark").sum()),
+               "rejected": int(len(rejections)), "missing": int(len(missing))}
+    mlflow.log_metrics({k: float(v) for k, v in summary.items()})
+    mlflow.log_artifact(str(root / PREPARED / "manifest.parquet"), "prepare")
+    mlflow.log_artifact(str(root / PREPARED / "rejections.csv"), "prepare")
+    return summary
+
+
+def synthesize(params: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Make the seeded degraded/clean pairs: training and validation crops from the training pool, benchmark
+    pairs from the held-out photos at fixed seeds; shards plus one Parquet manifest."""
+    import mlflow
+
+    from maskdcpt.data.synthesize import synthesize_benchmark_pairs, synthesize_training_pairs
+
+    s, seed, classes = params["synthesize"], int(params["seed"]), _classes(params)
+    photos = _photos(root)
+    pool = photos[photos["split"] == "train"].reset_index(drop=True)
+    held = photos[photos["split"] == "benchmark"].reset_index(drop=True)
+    entries = list(s["benchmark"])
+    unknown = sorted({e["degradation"] for e in entries} - set(classes))
+    if unknown:
+        raise ValueError(f"benchmark entries use degradations outside task.classes: {unknown}")
+    with atomic_dir(root / PAIRS) as tmp:
+        common = dict(classes=classes, crop=int(s["crop"]), out_dir=tmp, shard_size=int(s["shard_size"]))
+        train = synthesize_training_pairs(pool, pairs_per_class=int(s["train_pairs_per_class"]), seed=seed,
+                                          split="train", **common)
+        val = synthesize_training_pairs(pool, pairs_per_class=int(s["val_pairs_per_class"]), seed=seed + 1,
+                                        split="val", **common)
+        bench = synthesize_benchmark_pairs(held, entries, seed=seed + 2, out_dir=tmp,
+                                           max_size=s.get("benchmark_max_size"))
+        bench["class_index"] = [classes.index(d) for d in bench["degradation"]]
+        manifest = pd.concat([train, val, bench], ignore_index=True)
+        manifest.to_parquet(tmp / "manifest.parquet", index=False)
+    counts = manifest.groupby(["split", "degradation"]).size()
+    band = manifest.groupby("degradation")["psnr_lq_gt"].agg(["min", "median", "max"]).round(2)
+    mlflow.log_metrics({f"pairs_{sp}_{d}": float(n) for (sp, d), n in counts.items()})
+    mlflow.log_dict(band.to_dict(orient="index"), "synthesize/psnr_lq_gt_band.json")
+    mlflow.log_artifact(str(root / PAIRS / "manifest.parquet"), "synthesize")
+    return {"pairs": int(len(manifest)), "train": int(len(train)), "val": int(len(val)),
+            "benchmark": int(len(bench))}
+
+
+def validate(params: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Run the Great Expectations manifest contract; a failure writes the report and stops the pipeline."""
+    import mlflow
+
+    from pipelines.gx_suites import failure_summary, render_html, validate_manifest
+
+    pairs = pd.read_parquet(root / PAIRS / "manifest.parquet")
+    photos = pd.read_parquet(root / PREPARED / "manifest.parquet")
+    rej_path = root / PREPARED / "rejections.csv"
+    rejections = pd.read_csv(rej_path) if rej_path.stat().st_size > 1 else pd.DataFrame()
+    report = validate_manifest(pairs, photos, rejections, _classes(params), int(params["synthesize"]["crop"]),
+                               float(params["validate"]["max_rejection_rate"]))
+    out = root / VALIDATE_REPORTS
+    write_json(out / "report.json", report)
+    (out / "report.html").write_text(render_html(report, "maskdcpt: pair manifest validation"))
+    mlflow.log_artifact(str(out / "report.json"), "validate")
+    mlflow.log_artifact(str(out / "report.html"), "validate")
+    n_fail = sum(not r["success"] for s in report["suites"] for r in s["results"])
+    mlflow.log_metrics({"gx_success": float(report["success"]), "gx_failed_expectations": float(n_fail)})
+    if not report["success"]:
+        raise StageFailed(f"the pair manifest failed its data contract ({n_fail} expectation(s)); report: "
+                          f"{out / 'report.html'}\n{failure_summary(report)}")
+    return {"success": True, "expectations": sum(len(s["results"]) for s in report["suites"])}
+
+
+def _checkpoint_dir(root: Path, stage: str, key: Any) -> Path:
+    from maskdcpt.train.engine import config_hash
+
+    return root / ".cache" / "checkpoints" / stage / config_hash(key)
+
+
+def pretrain(params: dict[str, Any], root: Path) -> dict[str, Any]:
+    """MaskDCPT pre-training through DeepSpeed; writes ``models/pretrain/{model,backbone}.pt``."""
+    import mlflow
+
+    from maskdcpt.data.pairs import load_pairs
+    from maskdcpt.train.engine import shutdown_distributed
+    from maskdcpt.train.pretrain import run_pretrain
+
+    manifest = pd.read_parquet(root / PAIRS / "manifest.parquet")
+    train = load_pairs(manifest, root / PAIRS, "train")
+    val = load_pairs(manifest, root / PAIRS, "val") if (manifest["split"] == "val").any() else None
+    classes = _classes(params)
+    key = {"model": params["model"], "pretrain": params["pretrain"], "deepspeed": params["deepspeed"],
+           "seed": params["seed"], "data": file_digest(root / PAIRS / "manifest.parquet")}
+    ckpt = _checkpoint_dir(root, "pretrain", key)
+    with atomic_dir(root / PRETRAINED) as tmp:
+        summary = run_pretrain(train, val, num_classes=len(classes), model_cfg=params["model"],
+                               cfg=params["pretrain"], ds_params=params["deepspeed"], seed=int(params["seed"]),
+                               out_dir=tmp, checkpoint_dir=ckpt, on_log=_metrics_logger())
+        write_json(tmp / "classes.json", classes)
+    shutdown_distributed()
+    summary["classes"] = classes
+    write_json(root / PRETRAIN_METRICS, {k: v for k, v in summary.items() if k != "classes"})
+    mlflow.log_metrics({f"final_{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))})
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return summary
+
+
+def finetune(params: dict[str, Any], root: Path, variant: str) -> dict[str, Any]:
+    """Fine-tune one variant (``maskdcpt`` from the pre-trained backbone, ``scratch`` from random init)."""
+    import mlflow
+
+    from maskdcpt.data.pairs import load_pairs
+    from maskdcpt.train.engine import shutdown_distributed
+    from maskdcpt.train.finetune import run_finetune
+
+    variants = params["finetune"]["variants"]
+    if variant not in variants:
+        raise ValueError(f"unknown fine-tune variant {variant!r}; params.yaml declares {sorted(variants)}")
+    init = variants[variant]["init"]
+    manifest = pd.read_parquet(root / PAIRS / "manifest.parquet")
+    train = load_pairs(manifest, root / PAIRS, "train")
+    pretrained = root / PRETRAINED / "backbone.pt"
+    key = {"model": params["model"], "finetune": params["finetune"], "deepspeed": params["deepspeed"],
+           "seed": params["seed"], "variant": variant, "data": file_digest(root / PAIRS / "manifest.parquet"),
+           "init": file_digest(pretrained) if init == "pretrained" else "random"}
+    ckpt = _checkpoint_dir(root, f"finetune-{variant}", key)
+    with atomic_dir(root / FINETUNED / variant) as tmp:
+        summary = run_finetune(train, model_cfg=params["model"], cfg=params["finetune"],
+                               ds_params=params["deepspeed"], seed=int(params["seed"]), out_dir=tmp, init=init,
+                               pretrained=pretrained if init == "pretrained" else None, checkpoint_dir=ckpt,
+                               on_log=_metrics_logger())
+        write_json(tmp / "summary.json", summary)
+    shutdown_distributed()
+    mlflow.log_dict(summary["init_report"], "finetune/init_report.json")
+    mlflow.log_metrics({f"final_{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))})
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return summary
+
+
+def _benchmark_pairs(root: Path) -> list[dict[str, Any]]:
+    from maskdcpt.data.shards import read_shard
+
+    manifest = pd.read_parquet(root / PAIRS / "manifest.parquet")
+    rows = manifest[manifest["split"] == "benchmark"].reset_index(drop=True)
+    if rows.empty:
+        raise StageFailed("the pair manifest has no benchmark pairs")
+    samples: dict[str, dict] = {}
+    for shard in rows["shard"].unique():
+        for s in read_shard(root / PAIRS / shard):
+            samples[s["key"]] = s
+    pairs = []
+    for r in rows.to_dict("records"):
+        s = samples[r["key"]]
+        pairs.append({"pair_id": r["pair_id"], "label": r["label"], "degradation": r["degradation"],
+                      "image_id": r["image_id"], "lq": s["lq"], "gt": s["gt"]})
+    return pairs
+
+
+def evaluate(params: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Restore every benchmark pair with each variant (EMA weights); write the DVC metrics, plots and grids."""
+    import mlflow
+
+    from maskdcpt.eval.benchmark import evaluate_variants, load_restorer, save_grid, summarize
+
+    e = params["evaluate"]
+    variants = {v: load_restorer(root / FINETUNED / v / "model.pt") for v in e["variants"]}
+    pairs = _benchmark_pairs(root)
+    per_image = evaluate_variants(variants, pairs)
+    main = [entry["label"] for entry in params["synthesize"]["benchmark"]
+            if entry["label"] in _classes(params)]
+    result = summarize(per_image, main)
+    out = root / EVAL_REPORTS
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "grids").mkdir(parents=True)
+    per_image.to_csv(out / "per_image.csv", index=False)
+    labels = list(dict.fromkeys(per_image["label"]))
+    plot_rows = [{"degradation": lab, **{v: result[v].get(lab, result[v].get("extra", {}).get(lab, {})).get("psnr")
+                                         for v in ["lq", *e["variants"]]}} for lab in labels]
+    pd.DataFrame(plot_rows).to_csv(out / "psnr_per_degradation.csv", index=False)
+    _bar_plot(pd.DataFrame(plot_rows), ["lq", *e["variants"]], out / "psnr_per_degradation.png")
+    order = ["lq", *[v for v in ("scratch", "maskdcpt") if v in variants],
+             *[v for v in variants if v not in ("scratch", "maskdcpt")]]
+    shown: dict[str, int] = {}
+    for pair in pairs:
+        if shown.get(pair["label"], 0) < int(e.get("grid_max_images", 1)):
+            save_grid(pair, order, out / "grids" / f"{pair['label']}__{pair['image_id']}.png")
+            shown[pair["label"]] = shown.get(pair["label"], 0) + 1
+    (out / "table.md").write_text(markdown_table(result, main, ["lq", *e["variants"]]))
+    write_json(root / BENCHMARK_METRICS, result)
+    flat = {}
+    for variant in ["lq", *e["variants"]]:
+        for lab in [*main, "mean"]:
+            for m in ("psnr", "ssim"):
+                flat[f"{variant}.{lab}.{m}"] = result[variant][lab][m]
+    flat.update({f"gain_db.{k}": v for k, v in result.get("gain_db", {}).items()})
+    mlflow.log_metrics(flat)
+    mlflow.log_artifacts(str(out), "evaluate")
+    mlflow.log_artifact(str(root / BENCHMARK_METRICS), "evaluate")
+    return result
+
+
+def _bar_plot(frame: pd.DataFrame, columns: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ax = frame.set_index("degradation")[columns].plot.bar(figsize=(9, 4), rot=30)
+    ax.set_ylabel("PSNR (dB, RGB, float)")
+    ax.set_title("Benchmark PSNR per degradation")
+    ax.grid(axis="y", alpha=0.3)
+    plt.tight_layout()
+    plt.savefig(path, dpi=100)
+    plt.close()
+
+
+def markdown_table(result: dict[str, Any], labels: list[str], variants: list[str]) -> str:
+    """A Table-I-shaped Markdown table: variant rows, degradation columns, ``PSNR / SSIM`` cells."""
+    head = "| variant | " + " | ".join(labels) + " | mean |"
+    sep = "|---" * (len(labels) + 2) + "|"
+    lines = [head, sep]
+    for v in variants:
+        cells = [f"{result[v][lab]['psnr']:.2f} / {result[v][lab]['ssim']:.4f}" for lab in [*labels, "mean"]]
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    if "gain_db" in result:
+        lines.append("| gain (maskdcpt - scratch, dB) | "
+                     + " | ".join(f"{result['gain_db'].get(lab, float('nan')):+.2f}" for lab in [*labels, "mean"])
+                     + " |")
+    conv = result.get("convention", {})
+    lines.append("")
+    lines.append("Convention: " + ", ".join(f"{k}={v}" for k, v in conv.items()))
+    return "\n".join(lines) + "\n"
+
+
+def register(params: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Log the fine-tuned MaskDCPT model, register a version (alias ``challenger``), gate ``champion``."""
+    import mlflow
+
+    from maskdcpt.eval.benchmark import evaluate_variants, load_restorer, summarize
+    from pipelines.registry import champion_version, decide, log_restorer
+    from pipelines.tracking import end_pipeline
+
+    r = params["register"]
+    name = r["model_name"]
+    result = json.loads((root / BENCHMARK_METRICS).read_text())
+    main = [entry["label"] for entry in params["synthesize"]["benchmark"] if entry["label"] in _classes(params)]
+    challenger = {lab: result["maskdcpt"][lab]["psnr"] for lab in [*main, "mean"]}
+    bench_id = file_digest(root / PAIRS / "manifest.parquet")
+    client = mlflow.MlflowClient()
+    previous = champion_version(client, name)
+    champion = None
+    if previous is not None:
+        champ_net = mlflow.pytorch.load_model(f"models:/{name}@champion")
+        champ_eval = summarize(evaluate_variants({"champion": champ_net}, _benchmark_pairs(root)), main)
+        champion = {lab: champ_eval["champion"][lab]["psnr"] for lab in [*main, "mean"]}
+    net = load_restorer(root / FINETUNED / "maskdcpt" / "model.pt")
+    info = log_restorer(net, registered_name=name)
+    version = str(info.registered_model_version)
+    client.set_registered_model_alias(name, "challenger", version)
+    promote, reason = decide(challenger, champion, float(r["min_gain_db"]), float(r["max_drop_db"]))
+    tags = {"decision": "promoted" if promote else "rejected", "reason": reason, "benchmark_id": bench_id,
+            "benchmark_mean_psnr": f"{challenger['mean']:.4f}",
+            "champion_version_before": previous.version if previous is not None else "none"}
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version, k, v)
+    if promote:
+        client.set_registered_model_alias(name, "champion", version)
+    decision = {"model_name": name, "version": version, "promoted": promote, "reason": reason,
+                "challenger_psnr": challenger, "champion_psnr_before": champion,
+                "champion_version_before": tags["champion_version_before"],
+                "champion_version": version if promote else (previous.version if previous is not None else None),
+                "model_uri": f"models:/{name}@champion", "benchmark_id": bench_id}
+    write_json(root / REGISTER_REPORT, decision)
+    mlflow.log_dict(decision, "register/decision.json")
+    mlflow.set_tags({"decision": tags["decision"], "registered_version": version})
+    end_pipeline("FINISHED")
+    return decision
+
+
+STAGES = {"prepare": prepare, "synthesize": synthesize, "validate": validate, "pretrain": pretrain,
+          "finetune": finetune, "evaluate": evaluate, "register": register}
+SECTIONS = {"prepare": ["seed", "prepare"], "synthesize": ["seed", "task", "synthesize"],
+            "validate": ["task", "validate"], "pretrain": ["seed", "task", "model", "deepspeed", "pretrain"],
+            "finetune": ["seed", "model", "deepspeed", "finetune"], "evaluate": ["evaluate"],
+            "register": ["register"]}
+
+
+def run_stage(stage: str, variant: str | None = None, params_path: str | None = None) -> dict[str, Any]:
+    """Run one stage inside its nested MLflow run; return the stage's summary dict.
+
+    Raises ``ValueError`` for an unknown stage or a missing ``--variant`` of ``finetune``.
+    """
+    from pipelines.tracking import stage_run
+
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; stages: {list(STAGES)}")
+    if stage == "finetune" and not variant:
+        raise ValueError("the finetune stage needs a variant (e.g. maskdcpt or scratch)")
+    root = find_root()
+    params = load_params(params_path or root / "params.yaml")
+    run_name = f"{stage}@{variant}" if variant else stage
+    t0 = time.perf_counter()
+    with stage_run(run_name, params, SECTIONS[stage], root) as run:
+        summary = STAGES[stage](params, root, variant) if variant else STAGES[stage](params, root)
+        import mlflow
+
+        mlflow.log_metric("stage_seconds", time.perf_counter() - t0)
+        log.info("stage %s done in %.1f s (MLflow run %s)", run_name, time.perf_counter() - t0, run.info.run_id)
+    return summary
