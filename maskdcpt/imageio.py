@@ -91,6 +91,9 @@ class ImageRejected(ValueError):
         self.message = message
         super().__init__(f"{reason}: {message}" + (f" ({self.path})" if self.path else ""))
 
+    def __reduce__(self):  # keep it picklable (multiprocessing workers)
+        return (self.__class__, (self.reason, self.message, self.path))
+
 
 # --------------------------------------------------------------------------------------------------
 # hashing and atomic writes
@@ -235,7 +238,7 @@ def _bits_per_sample(im) -> int | None:
 
 def _needs_cv2(im, head: bytes) -> bool:
     """True for colour images with more than 8 bits per sample, which Pillow silently truncates."""
-    if im.mode not in ("RGB", "RGBA"):
+    if im.mode not in ("RGB", "RGBA", "LA"):
         return False
     if im.format == "PNG" and len(head) >= 26:
         return head[24] == 16  # IHDR bit depth
