@@ -1,0 +1,1 @@
+"""Subcommands of the ``maskdcpt`` CLI: one module each, exposing ``register(subparsers)``."""
