@@ -78,6 +78,24 @@ def file_digest(*paths: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def rank() -> int:
+    """This process's rank under a distributed launcher (``RANK``), 0 without one."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+@contextlib.contextmanager
+def _rank_output(target: Path) -> Iterator[Path]:
+    """Rank 0 writes ``target`` atomically; other ranks write into a throw-away folder."""
+    if rank() == 0:
+        with atomic_dir(target) as tmp:
+            yield tmp
+    else:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix=f"rank{rank()}-") as tmp:
+            yield Path(tmp)
+
+
 def _classes(params: dict[str, Any]) -> list[str]:
     classes = list(params["task"]["classes"])
     if len(set(classes)) != len(classes) or not classes:
@@ -94,6 +112,23 @@ def _metrics_logger(prefix: str = ""):
         log.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in clean.items()))
 
     return on_log
+
+
+def log_dataset(root: Path, manifest: pd.DataFrame, context: str) -> None:
+    """Log the pair manifest as an MLflow dataset input whose digest is the DVC hash of ``data/pairs``."""
+    import mlflow
+    import yaml
+
+    digest = "unknown"
+    lock = root / "dvc.lock"
+    if lock.is_file():
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        for out in stages.get("synthesize", {}).get("outs", []):
+            if out.get("path") == str(PAIRS):
+                digest = str(out.get("md5", "unknown"))
+    dataset = mlflow.data.from_pandas(manifest.drop(columns=["params"], errors="ignore"),
+                                      source=str(root / PAIRS / "manifest.parquet"), name="pairs", digest=digest[:36])
+    mlflow.log_input(dataset, context=context, tags={"dvc_md5": digest})
 
 
 def _photos(root: Path) -> pd.DataFrame:
@@ -116,7 +151,8 @@ def prepare(params: dict[str, Any], root: Path) -> dict[str, Any]:
     elif p["source"] == "folder":
         if not p.get("folder"):
             raise ValueError("prepare.source is 'folder' but prepare.folder is empty")
-        sources = collect_folder(p["folder"], benchmark_fraction=float(p.get("benchmark_fraction", 0.2)))
+        sources = collect_folder(p["folder"], benchmark_stems=list(p.get("benchmark_stems") or []),
+                                 benchmark_fraction=float(p.get("benchmark_fraction", 0.2)))
     else:
         raise ValueError(f"prepare.source must be 'packaged' or 'folder', got {p['source']!r}")
     with atomic_dir(root / PREPARED) as tmp:
@@ -222,14 +258,19 @@ def pretrain(params: dict[str, Any], root: Path) -> dict[str, Any]:
     classes = _classes(params)
     key = {"model": params["model"], "pretrain": params["pretrain"], "deepspeed": params["deepspeed"],
            "seed": params["seed"], "data": file_digest(root / PAIRS / "manifest.parquet")}
+    lead = rank() == 0
+    if lead:
+        log_dataset(root, manifest, "training")
     ckpt = _checkpoint_dir(root, "pretrain", key)
-    with atomic_dir(root / PRETRAINED) as tmp:
+    with _rank_output(root / PRETRAINED) as tmp:
         summary = run_pretrain(train, val, num_classes=len(classes), model_cfg=params["model"],
                                cfg=params["pretrain"], ds_params=params["deepspeed"], seed=int(params["seed"]),
-                               out_dir=tmp, checkpoint_dir=ckpt, on_log=_metrics_logger())
+                               out_dir=tmp, checkpoint_dir=ckpt, on_log=_metrics_logger() if lead else None)
         write_json(tmp / "classes.json", classes)
     shutdown_distributed()
     summary["classes"] = classes
+    if not lead:
+        return summary
     write_json(root / PRETRAIN_METRICS, {k: v for k, v in summary.items() if k != "classes"})
     mlflow.log_metrics({f"final_{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))})
     shutil.rmtree(ckpt, ignore_errors=True)
@@ -254,14 +295,19 @@ def finetune(params: dict[str, Any], root: Path, variant: str) -> dict[str, Any]
     key = {"model": params["model"], "finetune": params["finetune"], "deepspeed": params["deepspeed"],
            "seed": params["seed"], "variant": variant, "data": file_digest(root / PAIRS / "manifest.parquet"),
            "init": file_digest(pretrained) if init == "pretrained" else "random"}
+    lead = rank() == 0
+    if lead:
+        log_dataset(root, manifest, "training")
     ckpt = _checkpoint_dir(root, f"finetune-{variant}", key)
-    with atomic_dir(root / FINETUNED / variant) as tmp:
+    with _rank_output(root / FINETUNED / variant) as tmp:
         summary = run_finetune(train, model_cfg=params["model"], cfg=params["finetune"],
                                ds_params=params["deepspeed"], seed=int(params["seed"]), out_dir=tmp, init=init,
                                pretrained=pretrained if init == "pretrained" else None, checkpoint_dir=ckpt,
-                               on_log=_metrics_logger())
+                               on_log=_metrics_logger() if lead else None)
         write_json(tmp / "summary.json", summary)
     shutdown_distributed()
+    if not lead:
+        return summary
     mlflow.log_dict(summary["init_report"], "finetune/init_report.json")
     mlflow.log_metrics({f"final_{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))})
     shutil.rmtree(ckpt, ignore_errors=True)
@@ -363,11 +409,23 @@ def markdown_table(result: dict[str, Any], labels: list[str], variants: list[str
     return "\n".join(lines) + "\n"
 
 
+def results_contract(root: Path, labels: list[str]) -> dict[str, Any]:
+    """The Great Expectations contract on the per-image benchmark results of the MaskDCPT variant: finite PSNR and
+    SSIM in range, every degradation present (``{"success", "suites": [...]}``)."""
+    from pipelines.gx_suites import results_expectations, run_suite
+
+    frame = pd.read_csv(root / EVAL_REPORTS / "per_image.csv")
+    frame = frame[frame["variant"] == "maskdcpt"]
+    report = run_suite("results", frame, results_expectations(labels))
+    return {"success": report["success"], "suites": [report]}
+
+
 def register(params: dict[str, Any], root: Path) -> dict[str, Any]:
     """Log the fine-tuned MaskDCPT model, register a version (alias ``challenger``), gate ``champion``."""
     import mlflow
 
     from maskdcpt.eval.benchmark import evaluate_variants, load_restorer, summarize
+    from pipelines.gx_suites import failure_summary
     from pipelines.registry import champion_version, decide, log_restorer
     from pipelines.tracking import end_pipeline
 
@@ -389,6 +447,11 @@ def register(params: dict[str, Any], root: Path) -> dict[str, Any]:
     version = str(info.registered_model_version)
     client.set_registered_model_alias(name, "challenger", version)
     promote, reason = decide(challenger, champion, float(r["min_gain_db"]), float(r["max_drop_db"]))
+    contract = results_contract(root, main)
+    write_json(root / REGISTER_REPORT.parent / "results_contract.json", contract)
+    mlflow.log_dict(contract, "register/results_contract.json")
+    if not contract["success"]:
+        promote, reason = False, "benchmark results failed their data contract: " + failure_summary(contract)[:500]
     tags = {"decision": "promoted" if promote else "rejected", "reason": reason, "benchmark_id": bench_id,
             "benchmark_mean_psnr": f"{challenger['mean']:.4f}",
             "champion_version_before": previous.version if previous is not None else "none"}
@@ -431,6 +494,10 @@ def run_stage(stage: str, variant: str | None = None, params_path: str | None = 
     params = load_params(params_path or root / "params.yaml")
     run_name = f"{stage}@{variant}" if variant else stage
     t0 = time.perf_counter()
+    if rank() != 0:  # a non-lead rank of a distributed training stage: train, log and write nothing
+        if stage not in ("pretrain", "finetune"):
+            raise ValueError(f"stage {stage!r} runs in one process; only pretrain/finetune take a launcher")
+        return STAGES[stage](params, root, variant) if variant else STAGES[stage](params, root)
     with stage_run(run_name, params, SECTIONS[stage], root) as run:
         summary = STAGES[stage](params, root, variant) if variant else STAGES[stage](params, root)
         import mlflow

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 PARENT_ENV = "MASKDCPT_PARENT_RUN_ID"
 ROLE_TAG = "maskdcpt.role"
+SYSTEM_METRICS_STAGES = {"pretrain", "finetune", "evaluate"}  # long stages: CPU/memory sampled by MLflow
 
 
 def tracking_uri(root: Path | None = None) -> str:
@@ -110,11 +111,12 @@ def _open_parent(client, experiment_id: str, params: dict[str, Any]) -> str:
         run_name=time.strftime("pipeline-%Y%m%d-%H%M%S"),
         tags={ROLE_TAG: "pipeline", "git_commit": git_commit()},
     )
-    _log_params(client, run.info.run_id, flatten(params))
+    log_params(client, run.info.run_id, flatten(params))
     return run.info.run_id
 
 
-def _log_params(client, run_id: str, flat: dict[str, Any]) -> None:
+def log_params(client, run_id: str, flat: dict[str, Any]) -> None:
+    """Log flattened params to ``run_id`` in batches of 100 (lists/dicts as JSON, values cut at 6000 chars)."""
     from mlflow.entities import Param
 
     items = [Param(k, (json.dumps(v) if isinstance(v, (list, dict)) else str(v))[:6000]) for k, v in flat.items()]
@@ -154,8 +156,10 @@ def stage_run(stage: str, params: dict[str, Any], sections: list[str] | None = N
     parent = _open_parent(client, exp_id, params)
     tags = {"git_commit": git_commit(root), "maskdcpt.stage": stage, **dvc_lock_hashes(root)}
     chosen = {k: params[k] for k in (sections or params) if k in params}
-    with mlflow.start_run(experiment_id=exp_id, run_name=stage, parent_run_id=parent, tags=tags) as run:
-        _log_params(client, run.info.run_id, flatten(chosen))
+    system = stage.split("@")[0] in SYSTEM_METRICS_STAGES
+    with mlflow.start_run(experiment_id=exp_id, run_name=stage, parent_run_id=parent, tags=tags,
+                          log_system_metrics=system) as run:
+        log_params(client, run.info.run_id, flatten(chosen))
         try:
             yield run
         except BaseException:

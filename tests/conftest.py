@@ -61,6 +61,8 @@ def make_project(dest: Path, overrides: dict | None = None, dvc: bool = True) ->
         shutil.copytree(REPO / name, dest / name, ignore=ignore)
     shutil.copy(REPO / "dvc.yaml", dest / "dvc.yaml")
     shutil.copy(REPO / ".gitignore", dest / ".gitignore")
+    (dest / "data").mkdir(exist_ok=True)
+    shutil.copy(REPO / "data" / "source.json", dest / "data" / "source.json")
     (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(overrides), sort_keys=False))
     if dvc:
         env = project_env(dest)

@@ -375,7 +375,7 @@ def test_motion_blur_kernel():
     c = vertical.shape[0] // 2
     assert np.isclose(vertical[:, c].sum(), 1.0, atol=1e-5) and np.count_nonzero(vertical[c]) == 1
     gt = _smooth_image()
-    lq, p = degrade(gt, "motion_blur", 3, params={"length": 15, "angle": 0.0})
+    lq, p = degrade(gt, "motion_blur", 3, params={"length": 15, "angle": 0.0, "trajectory": "linear"})
     # A horizontal blur leaves a purely vertical ramp unchanged (reflect border keeps it exact inside).
     assert np.allclose(lq[:, 10:-10, 1], gt[:, 10:-10, 1], atol=1e-5)
     _, sampled = degrade(gt, "motion_blur", 4)

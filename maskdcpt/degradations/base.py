@@ -33,9 +33,15 @@ __all__ = [
     "seed_streams",
     "check_image",
     "KINDS",
+    "RealPairsOnly",
 ]
 
 KINDS = ("single", "mixed", "real")
+
+
+class RealPairsOnly(RuntimeError):
+    """Raised by ``apply`` of a ``kind == 'real'`` class: its pairs come from captured GT/LQ folders only
+    (:func:`maskdcpt.data.sources.collect_real_pairs`), there is nothing to synthesise."""
 
 
 def check_image(img: np.ndarray) -> np.ndarray:
@@ -100,8 +106,11 @@ class Degradation:
         [...]}}`` for discrete choices, ``{param: value}`` for fixed defaults. Given parameters are not
         limited to these ranges (e.g. out-of-distribution σ = 75 is allowed).
     levels : int
-        Number of distinct severity settings the default sampler draws from (e.g. 3 for σ ∈ {15, 25, 50});
-        ``0`` means the parameters are continuous.
+        Number of distinct severity levels the default sampler draws from, by the counting rule of
+        :mod:`maskdcpt.degradations` (severity parameters on a documented discrete grid; sub-types add,
+        jointly drawn severities and mixture components multiply; nuisance parameters such as angles,
+        positions and random-field seeds are not counted). Positive for every synthetic type; ``0`` for
+        ``'real'`` classes (no synthesis).
     source : str
         Where the formula / ranges come from.
     """
@@ -130,7 +139,14 @@ class Degradation:
             if unknown:
                 raise ValueError(f"{self.name}: unknown parameter(s) {unknown}; known: {sorted(params)}")
             params.update(given)
-        return _jsonable(params)
+        return _jsonable(self.prune_params(params))
+
+    def prune_params(self, params: dict) -> dict:
+        """Drop the sampled parameters that the chosen sub-type does not use (after overrides were applied),
+        so the recorded dict holds only what ``apply`` reads. Default: unchanged. ``sample_params`` of a
+        type with sub-types draws *every* sub-type's parameters in a fixed order, so that overriding the
+        sub-type (e.g. ``{"noise_type": "poisson"}``) still yields a complete, seed-determined dict."""
+        return params
 
     def describe(self) -> dict:
         """``{"name", "kind", "levels", "param_ranges", "source", "doc"}`` for listings."""

@@ -49,10 +49,10 @@ class Haze(Degradation):
 
     * ``J`` = clean image, ``A`` = global atmospheric light (grey, same for R, G, B),
       ``d`` = :func:`pseudo_depth` of ``J`` in [near, 1] (no measured depth is available for our photos).
-    * ``beta`` ∈ [0.6, 1.8] (uniform), ``A`` ∈ [0.7, 1.0] (uniform); ``lum_weight`` = 0.3 and
-      ``near`` = 0.2 are fixed defaults recorded in the params. With ``d`` ≤ 1 this gives
-      ``t`` ∈ [0.17, 0.89], between thin and dense haze. A convex combination of values in [0, 1] stays in
-      [0, 1]; no noise is added. ``levels`` = 0 (continuous).
+    * ``beta`` ∈ {0.6, 0.7, ..., 1.8} (13-value grid, uniform), ``A`` ∈ [0.7, 1.0] (uniform; a nuisance
+      parameter); ``lum_weight`` = 0.3 and ``near`` = 0.2 are fixed defaults recorded in the params. With
+      ``d`` ≤ 1 this gives ``t`` ∈ [0.17, 0.89], between thin and dense haze. A convex combination of values
+      in [0, 1] stays in [0, 1]; no noise is added. ``levels`` = 13 (the β grid).
 
     Source: Koschmieder / McCartney scattering model as used by RESIDE (Li et al., TIP 2019; OTS/SOTS-outdoor
     use A ∈ [0.8, 1.0], β ∈ [0.04, 0.2] with metric depth). Because our depth proxy is normalised to
@@ -61,20 +61,22 @@ class Haze(Degradation):
 
     name = "haze"
     kind = "single"
-    levels = 0
     source = "atmospheric scattering model, RESIDE (Li et al. TIP 2019); beta rescaled for d in [0,1]"
 
     def __init__(self, beta=(0.6, 1.8), airlight=(0.7, 1.0), lum_weight=0.3, near=0.2):
         self.beta = tuple(float(b) for b in beta)
+        n = int(round((self.beta[1] - self.beta[0]) / 0.1)) + 1
+        self.beta_grid = [round(self.beta[0] + 0.1 * k, 2) for k in range(n)]
+        self.levels = len(self.beta_grid)
         self.airlight = tuple(float(a) for a in airlight)
         self.lum_weight = float(lum_weight)
         self.near = float(near)
-        self.param_ranges = {"beta": list(self.beta), "A": list(self.airlight),
+        self.param_ranges = {"beta": {"grid": [self.beta[0], self.beta[1], 0.1]}, "A": list(self.airlight),
                              "lum_weight": self.lum_weight, "near": self.near}
 
     def sample_params(self, rng: np.random.Generator) -> dict:
         return {
-            "beta": float(rng.uniform(*self.beta)),
+            "beta": self.beta_grid[int(rng.integers(len(self.beta_grid)))],
             "A": float(rng.uniform(*self.airlight)),
             "lum_weight": self.lum_weight,
             "near": self.near,

@@ -48,11 +48,12 @@ class Rain(Degradation):
     usual "add a bright layer" operation that stays in [0, 1] without clipping; for dark backgrounds it
     equals the additive model ``O = B + S`` used for Rain100L/Rain200L.
 
-    Default ranges (uniform): ``density`` ∈ [0.001, 0.005] (fraction of pixels that seed a streak),
+    Default ranges (uniform): ``density`` ∈ {0.001, 0.0015, ..., 0.005} (9-value grid; fraction of pixels
+    that seed a streak; the severity level),
     ``length`` ∈ [10, 40] px (integer), ``angle`` ∈ [−30, 30]° from vertical (one direction per image),
     ``width`` ∈ [0.4, 1.0] px (Gaussian std across the streak), ``intensity`` ∈ [0.3, 0.7]. On natural
     256² crops this gives an LQ PSNR of roughly 18-31 dB (Rain100L inputs average ≈ 27 dB).
-    ``levels`` = 0 (continuous).
+    ``levels`` = 9 (the density grid; the other parameters are continuous nuisance parameters).
 
     Source: streak model of Yang et al., "Deep joint rain detection and removal from a single image"
     (CVPR 2017; Rain100L/H, rendered Photoshop-style: sparse noise → motion blur → screen). The 5D paper
@@ -62,7 +63,6 @@ class Rain(Degradation):
 
     name = "rain"
     kind = "single"
-    levels = 0
     source = "Yang et al. CVPR 2017 streak model (sparse noise + motion blur + screen); ranges: ours"
 
     def __init__(self, density=(0.001, 0.005), length=(10, 40), angle=(-30.0, 30.0), width=(0.4, 1.0),
@@ -70,11 +70,16 @@ class Rain(Degradation):
         self.ranges = {"density": tuple(density), "length": tuple(length), "angle": tuple(angle),
                        "width": tuple(width), "intensity": tuple(intensity)}
         self.param_ranges = {k: list(v) for k, v in self.ranges.items()}
+        lo, hi = (float(v) for v in density)
+        n = int(round((hi - lo) / 0.0005)) + 1
+        self.density_grid = [round(lo + 0.0005 * k, 5) for k in range(n)]
+        self.levels = len(self.density_grid)
+        self.param_ranges["density"] = {"grid": [lo, hi, 0.0005]}
 
     def sample_params(self, rng: np.random.Generator) -> dict:
         r = self.ranges
         return {
-            "density": float(rng.uniform(*r["density"])),
+            "density": self.density_grid[int(rng.integers(len(self.density_grid)))],
             "length": int(rng.integers(r["length"][0], r["length"][1] + 1)),
             "angle": float(rng.uniform(*r["angle"])),
             "width": float(rng.uniform(*r["width"])),

@@ -17,21 +17,24 @@ import torch
 import torch.nn.functional as F
 
 from maskdcpt import metrics
-from maskdcpt.models import build_nafnet, load_nafnet_state_dict
+from maskdcpt.models import build_backbone, load_backbone_state_dict
 
 
-def load_restorer(path: str | Path, preset: str | None = None, key: str = "params_ema") -> torch.nn.Module:
-    """Load a fine-tuned checkpoint (``{"params", "params_ema", "meta"}``) into a plain NAFNet in eval mode.
+def load_restorer(path: str | Path, preset: str | None = None, key: str = "params_ema",
+                  arch: str | None = None) -> torch.nn.Module:
+    """Load a fine-tuned checkpoint (``{"params", "params_ema", "meta"}``) into a plain backbone in eval mode.
 
-    The preset comes from the checkpoint's ``meta`` unless given. Raises ``FileNotFoundError`` / ``ValueError``.
+    The arch (``nafnet`` default, or ``restormer``) and preset come from the checkpoint's ``meta`` unless given.
+    Raises ``FileNotFoundError`` / ``ValueError``.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    preset = preset or (state.get("meta") or {}).get("preset") or "cpu-default"
-    net = build_nafnet(preset)
-    load_nafnet_state_dict(net, state, key=key)
+    meta = state.get("meta") or {}
+    preset = preset or meta.get("preset") or "cpu-default"
+    net = build_backbone(arch or meta.get("arch") or "nafnet", preset)
+    load_backbone_state_dict(net, state, key=key)
     return net.eval()
 
 

@@ -1,8 +1,16 @@
-"""Models: NAFNet backbone (masked/plain), patch masking, degradation classifier, MaskDCPT wrapper.
+"""Models: NAFNet and Restormer backbones (masked/plain), patch masking, degradation classifier, MaskDCPT wrapper.
 
 See ``shared/docs/maskdcpt-method.md`` §1 for the architecture these implement.
 """
 
+from maskdcpt.models.backbones import (
+    ARCHS,
+    BACKBONE_PRESETS,
+    backbone_arch,
+    build_backbone,
+    load_backbone_state_dict,
+    resolve_preset,
+)
 from maskdcpt.models.classifier import BottleneckBlock, DegradationClassifier
 from maskdcpt.models.maskdcpt import RECON_HEAD_KINDS, MaskDCPTModel, ReconstructionHead, param_groups
 from maskdcpt.models.masking import expand_mask, num_kept_patches, random_patch_mask
@@ -16,9 +24,29 @@ from maskdcpt.models.nafnet import (
     SimpleGate,
     build_nafnet,
     load_nafnet_state_dict,
+    load_state_dict_strict,
+)
+from maskdcpt.models.restormer import (
+    RESTORMER_PAPER_NUM_PARAMS,
+    RESTORMER_PRESETS,
+    Restormer,
+    build_restormer,
+    upstream_restormer_key,
 )
 
 __all__ = [
+    "ARCHS",
+    "BACKBONE_PRESETS",
+    "RESTORMER_PAPER_NUM_PARAMS",
+    "RESTORMER_PRESETS",
+    "Restormer",
+    "backbone_arch",
+    "build_backbone",
+    "build_restormer",
+    "load_backbone_state_dict",
+    "load_state_dict_strict",
+    "resolve_preset",
+    "upstream_restormer_key",
     "BottleneckBlock",
     "DegradationClassifier",
     "LayerNorm2d",

@@ -1,4 +1,4 @@
-"""The MaskDCPT pre-training model: masked NAFNet backbone + degradation classifier + reconstruction head.
+"""The MaskDCPT pre-training model: masked backbone (NAFNet or Restormer) + degradation classifier + recon head.
 
 Spec: ``shared/docs/maskdcpt-method.md`` §1.1 (single forward pass, two heads), §1.3 (masking), §1.5
 (classifier), §1.6 (reconstruction head: architecture not released), §3.1 / gotcha 6 (two learning rates).
@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from maskdcpt.models.classifier import DegradationClassifier
 from maskdcpt.models.masking import expand_mask, random_patch_mask
-from maskdcpt.models.nafnet import NAFBlocks, NAFNet
+from maskdcpt.models.nafnet import NAFBlocks
 
 __all__ = ["ReconstructionHead", "MaskDCPTModel", "param_groups", "RECON_HEAD_KINDS"]
 
@@ -71,10 +71,12 @@ class ReconstructionHead(nn.Module):
 class MaskDCPTModel(nn.Module):
     """MaskDCPT pre-training model (paper Fig. 3, spec §1.1): one masked forward pass, two heads.
 
-    ``backbone`` is a :class:`NAFNet` run through ``forward_features`` with a random patch mask (patch size
-    ``backbone.padder_size``, 16 for 4 levels; ``keep_ratio`` 0.5, spec §1.3); its decoder outputs (full
-    resolution first) feed ``classifier`` (:class:`DegradationClassifier`, spec §1.5) and its last output F_l
-    feeds ``recon_head`` (:class:`ReconstructionHead`, spec §1.6). The classifier sees the features as they
+    ``backbone`` is a :class:`~maskdcpt.models.nafnet.NAFNet` or a :class:`~maskdcpt.models.restormer.Restormer` run through
+    ``forward_features`` with a random patch mask (patch size ``backbone.mask_patch_size``: 16 for both, the
+    NAFNet's ``2**4`` and the paper's default for the Transformers, spec §1.3 / §1.7; ``keep_ratio`` 0.5); its
+    decoder-side features (full resolution first, channels ``backbone.feature_dims``) feed ``classifier``
+    (:class:`DegradationClassifier`, spec §1.5) and its last output F_l (``backbone.last_dim`` channels) feeds
+    ``recon_head`` (:class:`ReconstructionHead`, spec §1.6). The classifier sees the features as they
     are (visible content + content-free constants at masked positions, as in the released kNN code path).
 
     Reconstruction target (spec §2): the clean GT over all pixels. ``recon_residual`` (default False):
@@ -85,7 +87,10 @@ class MaskDCPTModel(nn.Module):
     residual (``NAFNet.forward``).
 
     Args:
-        backbone: the NAFNet to pre-train (its ``ending`` is unused here and transferred as is).
+        backbone: the network to pre-train: anything with ``forward_features(inp, mask)``, ``check_input``,
+            ``feature_dims``, ``last_dim``, ``img_channel`` and ``mask_patch_size`` (or ``padder_size``), i.e. a
+            NAFNet or a Restormer. Its restoration head (``ending`` / ``output``) is unused here and
+            transferred as is.
         num_classes: K (5 for 5D).
         keep_ratio: fraction of visible patches (0.5, spec §1.3).
         recon_head: ``"token"`` or ``"ending"``.
@@ -96,7 +101,7 @@ class MaskDCPTModel(nn.Module):
 
     def __init__(
         self,
-        backbone: NAFNet,
+        backbone: nn.Module,
         num_classes: int,
         keep_ratio: float = 0.5,
         recon_head: str = "token",
@@ -109,12 +114,13 @@ class MaskDCPTModel(nn.Module):
             raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
         self.backbone = backbone
         self.classifier = DegradationClassifier(backbone.feature_dims, num_classes, blocks_per_stage=classifier_blocks)
+        last_dim = int(getattr(backbone, "last_dim", getattr(backbone, "width", 0)))
         self.recon_head = ReconstructionHead(
-            backbone.width, kind=recon_head, num_blocks=recon_blocks, out_channels=backbone.img_channel
+            last_dim, kind=recon_head, num_blocks=recon_blocks, out_channels=backbone.img_channel
         )
         self.keep_ratio = float(keep_ratio)
         self.recon_residual = bool(recon_residual)
-        self.mask_patch_size = backbone.padder_size
+        self.mask_patch_size = int(getattr(backbone, "mask_patch_size", backbone.padder_size))
 
     def sample_mask(
         self, batch: int, height: int, width: int, generator: torch.Generator | None = None,
@@ -142,7 +148,7 @@ class MaskDCPTModel(nn.Module):
         Raises:
             ValueError: on an input whose H/W is not a multiple of ``mask_patch_size`` or a bad mask shape.
         """
-        self.backbone.check_input(lq)
+        self.backbone.check_input(lq, masked=True)
         b, _, h, w = lq.shape
         if mask is None:
             mask = self.sample_mask(b, h, w, generator=generator, device=lq.device)
@@ -157,22 +163,28 @@ class MaskDCPTModel(nn.Module):
         return {"restored": restored, "logits": logits, "mask": mask}
 
     def backbone_state_dict(self, copy_ending_from_head: bool = False) -> "OrderedDict[str, torch.Tensor]":
-        """Backbone weights with the official NAFNet key names (no prefix) for fine-tuning (spec §1.1, §3.2).
+        """Backbone weights with the official key names (no prefix) for fine-tuning (spec §1.1, §3.2).
 
-        Includes ``ending.weight``/``ending.bias`` from the backbone (not trained in pre-training; spec §7:
-        whether ``ending`` is transferred is unknown), so the result loads strictly into a plain
-        :class:`NAFNet` of the same config. With ``copy_ending_from_head=True`` and an ``"ending"`` recon head,
-        the head's trained conv is copied into ``ending`` instead (spec §1.6 "copy the last conv").
+        Includes the backbone's restoration head (NAFNet ``ending``, Restormer ``output``; not trained in
+        pre-training; spec §7: whether it is transferred is unknown), so the result loads strictly into a plain
+        backbone of the same config. With ``copy_ending_from_head=True`` and an ``"ending"`` recon head, the
+        head's trained conv is copied into that head instead (spec §1.6 "copy the last conv").
 
         Raises:
-            ValueError: if ``copy_ending_from_head`` is requested with a ``"token"`` head.
+            ValueError: if ``copy_ending_from_head`` is requested with a ``"token"`` head, or the backbone's
+                head conv has no bias (Restormer, ``bias=False``) while the recon head's conv has one.
         """
         sd = OrderedDict((k, v.detach().clone()) for k, v in self.backbone.state_dict().items())
         if copy_ending_from_head:
             if self.recon_head.kind != "ending":
                 raise ValueError("copy_ending_from_head needs recon_head='ending' (the token head has extra layers)")
-            sd["ending.weight"] = self.recon_head.out.weight.detach().clone()
-            sd["ending.bias"] = self.recon_head.out.bias.detach().clone()
+            name = "ending" if "ending.weight" in sd else "output"
+            if f"{name}.weight" not in sd:
+                raise ValueError("the backbone has neither an 'ending' nor an 'output' conv to copy the head into")
+            if f"{name}.bias" not in sd:
+                raise ValueError(f"backbone '{name}' conv has no bias; the recon head conv cannot be copied exactly")
+            sd[f"{name}.weight"] = self.recon_head.out.weight.detach().clone()
+            sd[f"{name}.bias"] = self.recon_head.out.bias.detach().clone()
         return sd
 
 

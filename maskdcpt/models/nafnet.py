@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -37,6 +37,7 @@ __all__ = [
     "PAPER_5D_NUM_PARAMS",
     "build_nafnet",
     "load_nafnet_state_dict",
+    "load_state_dict_strict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -277,8 +278,22 @@ class NAFNet(nn.Module):
         """Channels of the ``forward_features`` list, full resolution first: ``[width * 2**i for i < L]``."""
         return [self.width * 2**i for i in range(self.num_levels)]
 
-    def check_input(self, inp: torch.Tensor) -> None:
-        """Raise ``ValueError`` unless ``inp`` is ``[N, img_channel, H, W]`` with H, W multiples of padder_size."""
+    @property
+    def last_dim(self) -> int:
+        """Channels of ``last`` (the final decoder output, input of the reconstruction head): ``width``."""
+        return self.width
+
+    @property
+    def mask_patch_size(self) -> int:
+        """Pre-training mask patch size: ``padder_size`` (= 2**levels, 16; spec §1.3, gotcha 2)."""
+        return self.padder_size
+
+    def check_input(self, inp: torch.Tensor, masked: bool = False) -> None:
+        """Raise ``ValueError`` unless ``inp`` is ``[N, img_channel, H, W]`` with H, W multiples of padder_size.
+
+        ``masked`` is accepted for interface parity with :class:`~maskdcpt.models.restormer.Restormer`; for
+        NAFNet the mask patch size equals ``padder_size``, so it changes nothing.
+        """
         if inp.dim() != 4 or inp.shape[1] != self.img_channel:
             raise ValueError(f"expected input [N, {self.img_channel}, H, W], got shape {tuple(inp.shape)}")
         h, w = inp.shape[-2:]
@@ -418,6 +433,19 @@ def load_nafnet_state_dict(
 ) -> dict[str, Any]:
     """Load NAFNet weights strictly from a raw state dict or a BasicSR-style checkpoint.
 
+    Same as :func:`load_state_dict_strict` without key renaming (kept for the NAFNet-only callers); see there.
+    """
+    return load_state_dict_strict(model, state, key)
+
+
+def load_state_dict_strict(
+    model: nn.Module,
+    state: Mapping[str, Any],
+    key: str | None = "params_ema",
+    rename: Callable[[str], str] | None = None,
+) -> dict[str, Any]:
+    """Load backbone weights strictly from a raw state dict or a BasicSR-style checkpoint.
+
     Accepted inputs:
       * a raw ``{name: tensor}`` state dict;
       * a checkpoint dict holding ``params`` and/or ``params_ema`` (BasicSR; evaluation uses ``params_ema``,
@@ -430,14 +458,16 @@ def load_nafnet_state_dict(
     ``report["ignored_keys"]``.
 
     Args:
-        model: the target (usually a :class:`NAFNet`).
+        model: the target (a :class:`NAFNet` or :class:`~maskdcpt.models.restormer.Restormer`).
         state: see above.
         key: preferred checkpoint entry (``"params_ema"`` default, ``"params"``, or None for raw dicts).
+        rename: optional ``key -> key`` map applied after prefix stripping (e.g. upstream-Restormer names to
+            the repo layout); keys it changes are counted in ``report["renamed_keys"]``.
 
     Returns:
         report dict: ``source_key`` (entry used or None), ``requested_key``, ``fell_back`` (bool),
         ``message`` (str or None), ``stripped_prefixes`` (sorted list), ``ignored_keys`` (list),
-        ``num_tensors`` (int).
+        ``renamed_keys`` (int), ``num_tensors`` (int).
 
     Raises:
         ValueError: if no state dict can be found, if keys are missing/unexpected (the first few of each are
@@ -450,6 +480,7 @@ def load_nafnet_state_dict(
         "message": None,
         "stripped_prefixes": [],
         "ignored_keys": [],
+        "renamed_keys": 0,
         "num_tensors": 0,
     }
     if not isinstance(state, Mapping):
@@ -487,6 +518,12 @@ def load_nafnet_state_dict(
         if not isinstance(v, torch.Tensor):
             raise ValueError(f"state dict entry {k!r} is a {type(v).__name__}, not a tensor")
         stripped_all.update(stripped)
+        if rename is not None:
+            renamed = rename(new_k)
+            report["renamed_keys"] += int(renamed != new_k)
+            new_k = renamed
+        if new_k in cleaned:
+            raise ValueError(f"state dict key {k!r} maps to {new_k!r}, which is already present (duplicate)")
         cleaned[new_k] = v
     report["stripped_prefixes"] = sorted(stripped_all)
 

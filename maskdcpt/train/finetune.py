@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from maskdcpt.data.pairs import PairSet, sample_batch
-from maskdcpt.models import build_nafnet, load_nafnet_state_dict
+from maskdcpt.models import build_backbone, load_backbone_state_dict
 from maskdcpt.train import engine
 
 
@@ -39,13 +39,13 @@ def run_finetune(train_set: PairSet, *, model_cfg: dict[str, Any], cfg: dict[str
     if init not in ("pretrained", "random"):
         raise ValueError(f"init must be 'pretrained' or 'random', got {init!r}")
     torch.manual_seed(seed)
-    net = build_nafnet(model_cfg.get("preset", "cpu-default"))
+    net = build_backbone(model_cfg.get("arch", "nafnet"), model_cfg.get("preset", "cpu-default"))
     report: dict[str, Any] = {"init": init}
     if init == "pretrained":
         if pretrained is None or not Path(pretrained).is_file():
             raise FileNotFoundError(f"pre-trained backbone not found: {pretrained}")
         state = torch.load(pretrained, map_location="cpu", weights_only=True)
-        report.update(load_nafnet_state_dict(net, state, key="params"))
+        report.update(load_backbone_state_dict(net, state, key="params"))
     steps, lr = int(cfg["steps"]), float(cfg["lr"])
 
     def make_batch(gen: torch.Generator, n: int):

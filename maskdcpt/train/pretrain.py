@@ -15,15 +15,16 @@ import torch
 
 from maskdcpt.data.pairs import PairSet, sample_batch
 from maskdcpt.losses import maskdcpt_loss
-from maskdcpt.models import MaskDCPTModel, build_nafnet, param_groups
+from maskdcpt.models import MaskDCPTModel, build_backbone, param_groups
 from maskdcpt.train import engine
 
 
 def build_pretrain_model(model_cfg: dict[str, Any], num_classes: int, keep_ratio: float = 0.5) -> MaskDCPTModel:
-    """The MaskDCPT pre-training network for the ``model`` params group (arch, preset, recon head)."""
-    if model_cfg.get("arch", "nafnet") != "nafnet":
-        raise ValueError(f"unsupported arch {model_cfg.get('arch')!r}; available: nafnet")
-    backbone = build_nafnet(model_cfg.get("preset", "cpu-default"))
+    """The MaskDCPT pre-training network for the ``model`` params group (arch, preset, recon head).
+
+    Raises ``ValueError`` for an unknown arch (``nafnet``/``restormer``) or preset.
+    """
+    backbone = build_backbone(model_cfg.get("arch", "nafnet"), model_cfg.get("preset", "cpu-default"))
     return MaskDCPTModel(backbone, num_classes=num_classes, keep_ratio=keep_ratio,
                          recon_head=model_cfg.get("recon_head", "token"),
                          recon_blocks=int(model_cfg.get("recon_blocks", 2)))

@@ -1,0 +1,2 @@
+-- A second database for the Prefect server beside MLflow's.
+CREATE DATABASE prefect;

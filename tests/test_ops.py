@@ -1,0 +1,234 @@
+"""Operations with real processes on 127.0.0.1: MLflow server with S3 artifacts on moto, DVC push/pull on a moto
+S3 remote, the Prefect retraining flow (run, no-op rerun, new photos), a cron deployment executed by a process
+worker, and a training stage killed midway then resumed."""
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+
+from conftest import REPO, make_project, project_env, run_stage
+from pipelines.services import start_mlflow, start_moto, start_prefect
+
+pytestmark = pytest.mark.slow
+
+CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    old = {k: os.environ.get(k) for k in CREDS}
+    os.environ.update(CREDS)
+    svc = start_moto(log_dir=tmp_path_factory.mktemp("moto"))
+    yield svc
+    svc.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _s3(moto):
+    return boto3.client("s3", endpoint_url=moto.url, **{k.lower(): v for k, v in CREDS.items()
+                                                        if k != "AWS_DEFAULT_REGION"}, region_name="us-east-1")
+
+
+def _git(project, *args):
+    subprocess.run(["git", *args], cwd=project, check=True, env=project_env(project), capture_output=True)
+
+
+def _dvc(project, *args, env=None):
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env={**project_env(project),
+                          **(env or {})}, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"dvc {args}: {proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def _tree_md5(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_mlflow_server_with_s3_artifacts_on_moto(moto, tmp_path):
+    import mlflow
+    import torch
+
+    from maskdcpt.models import build_nafnet
+    from pipelines.registry import log_restorer
+
+    _s3(moto).create_bucket(Bucket="mlflow-art")
+    server = start_mlflow(artifacts_destination="s3://mlflow-art/proxied", s3_endpoint=moto.url,
+                          backend_uri=f"sqlite:///{tmp_path / 'srv.db'}", log_dir=tmp_path)
+    try:
+        mlflow.set_tracking_uri(server.url)
+        mlflow.set_experiment("ops-test")
+        with mlflow.start_run() as run:
+            mlflow.log_params({"a": 1})
+            mlflow.log_metric("psnr", 30.0, step=1)
+            (tmp_path / "note.txt").write_text("hello")
+            mlflow.log_artifact(str(tmp_path / "note.txt"))
+            info = log_restorer(build_nafnet("tiny"), registered_name="ops-model")
+        client = mlflow.MlflowClient()
+        client.set_registered_model_alias("ops-model", "champion", info.registered_model_version)
+        net = mlflow.pytorch.load_model("models:/ops-model@champion")
+        out = net(torch.rand(1, 3, 32, 32))
+        assert out.shape == (1, 3, 32, 32)
+        assert client.get_run(run.info.run_id).data.metrics["psnr"] == 30.0
+        keys = [o["Key"] for o in _s3(moto).list_objects_v2(Bucket="mlflow-art").get("Contents", [])]
+        assert any(k.endswith("note.txt") for k in keys) and any("MLmodel" in k for k in keys)
+    finally:
+        mlflow.set_tracking_uri(None)
+        server.stop()
+
+
+def test_dvc_push_pull_on_moto_s3_remote(moto, tmp_path):
+    _s3(moto).create_bucket(Bucket="dvc-remote")
+    project = make_project(tmp_path / "proj")
+    _dvc(project, "repro", "synthesize")
+    _dvc(project, "remote", "add", "-d", "s3store", "s3://dvc-remote/store")
+    _dvc(project, "remote", "modify", "s3store", "endpointurl", moto.url)
+    before = {d: _tree_md5(project / d) for d in ("data/prepared", "data/pairs")}
+    _dvc(project, "push", env=CREDS)
+    shutil.rmtree(project / ".dvc" / "cache")
+    for d in before:
+        shutil.rmtree(project / d)
+    out = _dvc(project, "pull", env=CREDS)
+    assert "fetched" in out.lower() or "added" in out.lower()
+    assert {d: _tree_md5(project / d) for d in before} == before
+    status = _dvc(project, "status", "prepare", "synthesize")
+    assert "up to date" in status.lower()
+
+
+def _folder_project(tmp_path):
+    """A tiny project whose photo source is a local folder of packaged photos (2 benchmark stems)."""
+    from maskdcpt.data.photos import collect_packaged_photos
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    sources, _ = collect_packaged_photos()
+    chosen = [s for s in sources if s.split == "train"][:5] + [s for s in sources if s.split == "benchmark"][:2]
+    for s in chosen:
+        shutil.copy(s.path, src / f"{s.image_id}{Path(s.path).suffix}")
+    bench = [s.image_id for s in chosen if s.split == "benchmark"]
+    project = make_project(tmp_path / "proj", {"prepare.source": "folder", "prepare.folder": str(src),
+                                               "prepare.benchmark_fraction": 0.0, "prepare.benchmark_stems": bench})
+    return project, src, [s for s in sources if s.split == "train"][5:]
+
+
+def _retrain(project, extra_env=None):
+    env = {**project_env(project), **(extra_env or {})}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "maskdcpt.cli", "pipeline", "run"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+    text = proc.stdout
+    summary = json.loads(text[text.index("{\n"):])
+    return summary, time.perf_counter() - t0
+
+
+def test_retraining_flow_runs_skips_and_retrains_on_new_photos(tmp_path):
+    project, src, spare = _folder_project(tmp_path)
+    summary, first = _retrain(project)
+    ran = {s["stage"] for s in summary["stages"] if s["ran"]}
+    assert {"prepare", "synthesize", "validate", "pretrain", "finetune@maskdcpt", "finetune@scratch", "evaluate",
+            "register"} <= ran
+    assert json.loads((project / "reports/register/decision.json").read_text())["version"] == "1"
+
+    summary, noop = _retrain(project)
+    assert not any(s["ran"] for s in summary["stages"]) and not summary["source_changed"]
+    print(f"retraining flow: full run {first:.1f} s, no-op run {noop:.1f} s")
+
+    shutil.copy(spare[0].path, src / f"new-{spare[0].image_id}{Path(spare[0].path).suffix}")
+    summary, _ = _retrain(project)
+    assert summary["source_changed"]
+    ran = {s["stage"] for s in summary["stages"] if s["ran"]}
+    assert {"prepare", "synthesize", "pretrain", "register"} <= ran
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("maskdcpt")
+    parents = client.search_runs([exp.experiment_id], "tags.`maskdcpt.role` = 'pipeline'")
+    assert len(parents) == 3 and all(p.info.status == "FINISHED" for p in parents)
+    mlflow.set_tracking_uri(None)
+
+
+def test_cron_deployment_executed_by_process_worker(tmp_path):
+    project = make_project(tmp_path / "proj")
+    server = start_prefect(home=tmp_path / "prefect-home", log_dir=tmp_path)
+    try:
+        env = {**project_env(project), **server.env, "PREFECT_HOME": str(tmp_path / "prefect-client")}
+        proc = subprocess.run([sys.executable, "-m", "maskdcpt.cli", "pipeline", "schedule", "--cron", "0 3 * * 0",
+                               "--name", "weekly"], cwd=project, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+        async def inspect():
+            from prefect.client.orchestration import get_client
+
+            async with get_client() as client:
+                deployment = await client.read_deployment_by_name("maskdcpt-retrain/weekly")
+                crons = [s.schedule.cron for s in deployment.schedules]
+                for _ in range(60):
+                    runs = await client.read_flow_runs()
+                    scheduled = [r for r in runs if r.state_type.value == "SCHEDULED"]
+                    if scheduled:
+                        break
+                    await asyncio.sleep(1)
+                return deployment, crons, scheduled
+
+        os.environ["PREFECT_API_URL"] = server.env["PREFECT_API_URL"]
+        try:
+            deployment, crons, scheduled = asyncio.run(inspect())
+        finally:
+            os.environ.pop("PREFECT_API_URL")
+        assert crons == ["0 3 * * 0"]
+        assert scheduled and all(r.expected_start_time.weekday() == 6 and r.expected_start_time.hour == 3
+                                 for r in scheduled)
+        # run it now through a process worker (a full tiny retraining)
+        run = subprocess.run([str(Path(sys.executable).parent / "prefect"), "deployment", "run",
+                              "maskdcpt-retrain/weekly"], cwd=project, env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert run.returncode == 0, run.stderr[-2000:]
+        worker = subprocess.run([str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool",
+                                 "maskdcpt-process", "--run-once"], cwd=project, env=env, capture_output=True,
+                                text=True, timeout=1200)
+        assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
+        assert (project / "reports/register/decision.json").is_file()
+    finally:
+        server.stop()
+
+
+def test_training_stage_killed_midway_resumes(tmp_path):
+    project = make_project(tmp_path / "proj", {"finetune.steps": 300, "finetune.checkpoint_every": 20},
+                           dvc=False)
+    for stage in ("prepare", "synthesize", "validate"):
+        run_stage(project, stage)
+    env = {**project_env(project), "MASKDCPT_PREFECT": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.stage", "finetune", "--variant", "scratch"],
+                            cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    ckroot = project / ".cache" / "checkpoints" / "finetune-scratch"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not list(ckroot.glob("*/step40")):
+        assert proc.poll() is None, "stage ended before it could be interrupted"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # nothing that DVC would take as done
+    assert not (project / "models/finetune/scratch").exists()
+    run_stage(project, "finetune", "--variant", "scratch")
+    summary = json.loads((project / "models/finetune/scratch/summary.json").read_text())
+    assert summary["resumed_from"] >= 40 and summary["steps"] == 300
+    assert not ckroot.exists() or not any(ckroot.iterdir())
