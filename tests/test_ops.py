@@ -138,7 +138,10 @@ def _retrain(project, extra_env=None):
 
 def test_retraining_flow_runs_skips_and_retrains_on_new_photos(tmp_path):
     project, src, spare = _folder_project(tmp_path)
+    _dvc(project, "remote", "add", "-d", "local", "../dvc-storage")
     summary, first = _retrain(project)
+    assert summary["versions"]["remote"] == "local"
+    assert any((project / "dvc-storage").rglob("*")), "dvc push stored nothing"
     ran = {s["stage"] for s in summary["stages"] if s["ran"]}
     assert {"prepare", "synthesize", "validate", "pretrain", "finetune@maskdcpt", "finetune@scratch", "evaluate",
             "register"} <= ran
