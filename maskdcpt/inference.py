@@ -51,6 +51,7 @@ __all__ = [
     "write_image_native",
     "load_classifier",
     "classify_image",
+    "expand_inputs",
 ]
 
 #: The registered model the pipeline's ``register`` stage writes (pipelines/registry.py).
@@ -205,7 +206,9 @@ def load_model(spec: str | os.PathLike, device: str | torch.device | None = "aut
             models are unwrapped to their network.
         device: ``"auto"`` (cuda if available, else cpu), ``"cpu"``, ``"cuda"``...
         key: checkpoint entry to prefer (``params_ema``, the paper's evaluation weights, or ``params``).
-        tracking: MLflow tracking URI for registry URIs (default :func:`tracking_uri`).
+        tracking: MLflow tracking URI for registry URIs (default: the one already set with
+            ``mlflow.set_tracking_uri``, else :func:`tracking_uri`: ``$MLFLOW_TRACKING_URI`` or the project's
+            ``sqlite:///<root>/mlflow.db``).
 
     Returns:
         an ``nn.Module`` mapping ``[N, 3, H, W]`` in [0, 1] (H, W multiples of its ``padder_size``) to the
@@ -233,8 +236,14 @@ def _load_mlflow(uri: str, device: torch.device, tracking: str | None) -> nn.Mod
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(tracking or tracking_uri())
-    mlflow.set_registry_uri(tracking or tracking_uri())
+    try:  # keep a URI the caller already chose with mlflow.set_tracking_uri()
+        from mlflow.tracking._tracking_service.utils import is_tracking_uri_set
+        already = is_tracking_uri_set()
+    except ImportError:  # pragma: no cover - private helper moved
+        already = False
+    if tracking or not already:
+        mlflow.set_tracking_uri(tracking or tracking_uri())
+        mlflow.set_registry_uri(tracking or tracking_uri())
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except MlflowException as e:
@@ -405,10 +414,10 @@ def restore_image(net: nn.Module, img: np.ndarray, tile: int | None = None, over
         return np.repeat(t, 3, axis=2) if gray else t
 
     def write(y0: int, y1: int, strip: np.ndarray) -> None:
-        v = strip.mean(axis=2) if gray else strip
-        v = np.clip(v, 0.0, 1.0)
+        v = np.clip(strip.mean(axis=2) if gray else strip, 0.0, 1.0)  # one temporary of the strip's size
         if scale:
-            v = np.round(v * scale).astype(arr.dtype)
+            v *= np.float32(scale)
+            np.rint(v, out=v)  # round half to even, as maskdcpt.imageio.quantize
         if arr.ndim == 2:
             out[y0:y1] = v
         elif gray:
@@ -435,7 +444,7 @@ def restore_image(net: nn.Module, img: np.ndarray, tile: int | None = None, over
         if ys > acc_y0:  # rows above this tile row receive no further contributions: finish them
             k = ys - acc_y0
             write(acc_y0, ys, acc[:k])
-            acc[: strip_h - k] = acc[k:].copy()
+            acc[: strip_h - k] = acc[k:]  # overlapping copy: numpy buffers it
             acc[strip_h - k:] = 0.0
             acc_y0 = ys
         ny = (wyi / sy[ys:ye]).astype(np.float32)[:, None, None]
@@ -634,6 +643,41 @@ def write_image_native(path: str | os.PathLike, pixels: np.ndarray) -> Path:
     return Path(path)
 
 
+def expand_inputs(specs: list[str]) -> tuple[list[Path], list[str]]:
+    """Expand command-line inputs into image files: ``(files, unmatched specs)``.
+
+    A file is taken as is (whatever its extension, so that unreadable files are reported rather than silently
+    dropped); a folder contributes its files with an image extension (:data:`maskdcpt.imageio.IMAGE_EXTENSIONS`,
+    recursively, sorted); anything else is a glob pattern (``**`` recursive), whose matching files are taken.
+    Duplicates are removed, order kept.
+    """
+    import glob
+
+    from maskdcpt.imageio import IMAGE_EXTENSIONS
+
+    files: list[Path] = []
+    missing: list[str] = []
+    for spec in specs:
+        p = Path(spec)
+        if p.is_file():
+            found = [p]
+        elif p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
+        else:
+            found = sorted(Path(q) for q in glob.glob(spec, recursive=True) if Path(q).is_file())
+        if not found:
+            missing.append(spec)
+        files.extend(found)
+    seen: set[Path] = set()
+    unique = []
+    for f in files:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique, missing
+
+
 # --------------------------------------------------------------------------------------------------
 # degradation classifier
 
@@ -732,7 +776,9 @@ def classify_image(model: nn.Module, img: np.ndarray, classes: list[str], masks:
         t = pad_to_multiple(t, p).to(dev)
         hp, wp = t.shape[-2] // p, t.shape[-1] // p
         m = random_patch_mask(masks, hp, wp, keep_ratio=model.keep_ratio, generator=gen).to(dev)
-        logits = model(t.expand(masks, -1, -1, -1), mask=m)["logits"]
+        # the classifier head only (the reconstruction head is not needed): masked backbone -> DegCls-Dec
+        _, feats = model.backbone.forward_features(t.expand(masks, -1, -1, -1), m)
+        logits = model.classifier(feats)
         total += torch.softmax(logits.double(), dim=1).sum(0).cpu()
     probs = (total / total.sum()).tolist()
     table = {c: float(v) for c, v in zip(classes, probs)}

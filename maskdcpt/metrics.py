@@ -45,7 +45,8 @@ QUANTIZE = ("none", "uint8")
 Y_FORMULA = "BT.601 limited range: Y = 16/255 + (65.481 R + 128.553 G + 24.966 B)/255, RGB in [0,1]"
 
 
-def convention(channel: str = "rgb", quantize: str = "none", crop_border: int = 0, clamp: bool = True) -> dict[str, Any]:
+def convention(channel: str = "rgb", quantize: str = "none", crop_border: int = 0,
+               clamp: bool = True) -> dict[str, Any]:
     """The convention dict of a :func:`psnr` / :func:`ssim` call with these keyword arguments.
 
     Keys: ``channel`` (``rgb``/``y``), ``range`` (``float[0,1]`` or ``uint8[0,255]``), ``clamp`` (bool),

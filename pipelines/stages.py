@@ -454,7 +454,7 @@ def register(params: dict[str, Any], root: Path) -> dict[str, Any]:
         promote, reason = False, "benchmark results failed their data contract: " + failure_summary(contract)[:500]
     tags = {"decision": "promoted" if promote else "rejected", "reason": reason, "benchmark_id": bench_id,
             "benchmark_mean_psnr": f"{challenger['mean']:.4f}",
-            "champion_version_before": previous.version if previous is not None else "none"}
+            "champion_version_before": str(previous.version) if previous is not None else "none"}
     for k, v in tags.items():
         client.set_model_version_tag(name, version, k, v)
     if promote:
@@ -462,7 +462,7 @@ def register(params: dict[str, Any], root: Path) -> dict[str, Any]:
     decision = {"model_name": name, "version": version, "promoted": promote, "reason": reason,
                 "challenger_psnr": challenger, "champion_psnr_before": champion,
                 "champion_version_before": tags["champion_version_before"],
-                "champion_version": version if promote else (previous.version if previous is not None else None),
+                "champion_version": version if promote else (str(previous.version) if previous is not None else None),
                 "model_uri": f"models:/{name}@champion", "benchmark_id": bench_id}
     write_json(root / REGISTER_REPORT, decision)
     mlflow.log_dict(decision, "register/decision.json")

@@ -471,7 +471,8 @@ def test_training_pairs_regenerate_and_exclude_benchmark(prepared, tmp_path):
     df = synthesize_training_pairs(manifest, FIVE_D, 3, 64, 42, tmp_path / "a", shard_size=4)
     assert list(df.columns) == PAIR_COLUMNS
     assert len(df) == 15 and df.pair_id.is_unique
-    assert sorted((tmp_path / "a").iterdir()) == [tmp_path / "a" / f"train-{i:05d}.tar" for i in range(4)]
+    assert sorted((tmp_path / "a").glob("*.tar")) == [tmp_path / "a" / f"train-{i:05d}.tar" for i in range(4)]
+    assert all((tmp_path / "a" / f"train-{i:05d}.tar.done.json").is_file() for i in range(4))
     bench = set(manifest[manifest.split == "benchmark"].image_id)
     assert bench and not (set(df.image_id) & bench)
     assert df.lq_differs.all() and np.isfinite(df.psnr_lq_gt).all()
@@ -506,3 +507,91 @@ def test_benchmark_pairs(prepared, tmp_path):
     full = synthesize_benchmark_pairs(manifest, entries[:1], 0, tmp_path / "full")
     chelsea = full.set_index("image_id").loc["skimage-chelsea"]
     assert (chelsea.height, chelsea.width) == (300, 451)
+
+
+# --------------------------------------------------------------------------- resume, workers, shard k
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {p.name: file_sha256(p) for p in sorted(folder.glob("*.tar"))}
+
+
+def test_interrupted_synthesis_resumes_to_identical_output(prepared, tmp_path, monkeypatch):
+    import maskdcpt.data.synthesize as synth
+
+    _, manifest = prepared
+    args = (manifest, FIVE_D, 4, 48, 7)
+    ref = synthesize_training_pairs(*args, tmp_path / "ref", shard_size=3)
+    ref_shards = _snapshot(tmp_path / "ref")
+    assert len(ref_shards) == 7
+
+    real_write, calls = synth.write_shard, []
+
+    def crashing(path, samples, **kw):
+        calls.append(path)
+        if len(calls) == 4:  # die in the middle of the 4th shard, after one sample
+            def partial():
+                yield next(iter(samples))
+                raise KeyboardInterrupt
+            return real_write(path, partial(), **kw)
+        return real_write(path, samples, **kw)
+
+    monkeypatch.setattr(synth, "write_shard", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        synthesize_training_pairs(*args, tmp_path / "run", shard_size=3)
+    monkeypatch.setattr(synth, "write_shard", real_write)
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.glob("*.tar")) == [f"train-{i:05d}.tar" for i in range(3)]
+    assert not [p for p in run.iterdir() if "tmp" in p.name]  # the atomic write left no half file
+    # a shard replaced but killed before its completion marker: must be redone, not trusted
+    (run / "train-00003.tar").write_bytes(b"half a shard")
+    before = {p.name: p.stat().st_mtime_ns for p in run.glob("*.tar")}
+    made = []
+    monkeypatch.setattr(synth, "write_shard", lambda path, samples, **kw: made.append(Path(path).name)
+                        or real_write(path, samples, **kw))
+    resumed = synthesize_training_pairs(*args, run, shard_size=3)
+    assert made == [f"train-{i:05d}.tar" for i in range(3, 7)]  # finished shards were not redone
+    assert all((run / n).stat().st_mtime_ns == before[n] for n in ("train-00000.tar", "train-00002.tar"))
+    pd.testing.assert_frame_equal(resumed, ref)
+    assert _snapshot(run) == ref_shards
+    made.clear()
+    again = synthesize_training_pairs(*args, run, shard_size=3)  # same params: a no-op
+    assert made == [] and _snapshot(run) == ref_shards
+    pd.testing.assert_frame_equal(again, ref)
+    # a tampered shard fails re-validation against its sidecar and is remade
+    (run / "train-00001.tar").write_bytes(b"x")
+    synthesize_training_pairs(*args, run, shard_size=3)
+    assert made == ["train-00001.tar"] and _snapshot(run) == ref_shards
+
+
+def test_workers_and_shard_k_match_single_process(prepared, tmp_path):
+    from maskdcpt.data.synthesize import synthesize_training_shard
+
+    _, manifest = prepared
+    args = (manifest, FIVE_D, 3, 40, 3)
+    one = synthesize_training_pairs(*args, tmp_path / "one", shard_size=4)
+    two = synthesize_training_pairs(*args, tmp_path / "two", shard_size=4, workers=2, progress=True)
+    pd.testing.assert_frame_equal(one, two)
+    assert _snapshot(tmp_path / "one") == _snapshot(tmp_path / "two")
+    parts = []
+    for k in (3, 0, 2, 1):  # any order, any process
+        n, rows = synthesize_training_shard(*args, tmp_path / "k", k, shard_size=4)
+        assert n == 4
+        parts.append((k, rows))
+    merged = pd.concat([r for _, r in sorted(parts, key=lambda t: t[0])], ignore_index=True)
+    pd.testing.assert_frame_equal(merged, one)
+    assert _snapshot(tmp_path / "k") == _snapshot(tmp_path / "one")
+    with pytest.raises(ValueError, match="outside"):
+        synthesize_training_shard(*args, tmp_path / "k", 4, shard_size=4)
+
+
+def test_every_synthetic_type_regenerates_from_its_manifest_row(prepared, tmp_path):
+    prep_dir, manifest = prepared
+    classes = TASKS["all"]
+    with pytest.raises(ValueError, match="real"):
+        synthesize_training_pairs(manifest, classes, 1, 48, 5, tmp_path)
+    df = synthesize_training_pairs(manifest, classes, 1, 48, 5, tmp_path, shard_size=8, real_classes="skip")
+    synthetic = [c for c in classes if REGISTRY[c].kind != "real"]
+    assert list(df.degradation) == synthetic
+    assert (df.class_index == df.degradation.map(classes.index)).all() and df.lq_differs.all()
+    assert _check_shards_match(tmp_path, df, prep_dir) == len(synthetic)

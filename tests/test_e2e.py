@@ -55,8 +55,8 @@ def test_dvc_repro_end_to_end(tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     client = mlflow.MlflowClient()
     name = "maskdcpt-nafnet-5d"
-    assert client.get_model_version_by_alias(name, "champion").version == "1"
-    assert client.get_model_version_by_alias(name, "challenger").version == "1"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == "1"
     net = mlflow.pytorch.load_model(f"models:/{name}@champion")
     from maskdcpt.data.shards import read_shard
     from maskdcpt.eval.benchmark import restore_array

@@ -101,8 +101,8 @@ def test_register_and_promotion(project):
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     client = mlflow.MlflowClient()
     name = decision["model_name"]
-    assert client.get_model_version_by_alias(name, "champion").version == "1"
-    assert client.get_model_version_by_alias(name, "challenger").version == "1"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == "1"
     net = mlflow.pytorch.load_model(f"models:/{name}@champion")
     from maskdcpt.eval.benchmark import restore_array
 
@@ -129,9 +129,25 @@ def test_second_register_gates_on_the_champion(project):
     assert "not above the margin" in decision["reason"]
     client = mlflow.MlflowClient()
     name = decision["model_name"]
-    assert client.get_model_version_by_alias(name, "champion").version == "1"
-    assert client.get_model_version_by_alias(name, "challenger").version == "2"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
     assert client.get_model_version(name, "2").tags["decision"] == "rejected"
+
+
+def test_third_register_promotes_when_the_gate_passes(project):
+    """With a champion in place, a challenger that clears the gate (margin -100 dB: any score) is promoted, and
+    the champion it replaced was re-scored on the same benchmark."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["register"]["min_gain_db"] = -100.0
+    params["register"]["max_drop_db"] = 100.0
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_stage(project, "register")
+    decision = json.loads((project / "reports/register/decision.json").read_text())
+    assert decision["version"] == "3" and decision["promoted"] and decision["champion_version_before"] == "1"
+    assert decision["champion_psnr_before"]["mean"] == pytest.approx(decision["challenger_psnr"]["mean"], abs=1e-3)
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias(decision["model_name"], "champion").version) == "3"
+    assert json.loads((project / "reports/register/results_contract.json").read_text())["success"]
 
 
 def test_validate_failure_stops_with_readable_report(project):

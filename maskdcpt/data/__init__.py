@@ -1,5 +1,5 @@
-"""Data side of maskdcpt: clean photos (:mod:`.photos`), tar shards (:mod:`.shards`) and degraded/clean pair
-synthesis (:mod:`.synthesize`).
+"""Data side of maskdcpt: clean photos (:mod:`.photos`), S3 and real-pair sources (:mod:`.sources`), tar shards
+(:mod:`.shards`) and degraded/clean pair synthesis (:mod:`.synthesize`).
 
 The public names below are re-exported lazily, so ``import maskdcpt.data`` stays cheap (pandas and
 OpenCV are imported only when a function that needs them is first used).
@@ -36,6 +36,13 @@ _EXPORTS = {
     "synthesize_benchmark_pairs": "synthesize",
     "regenerate_pair": "synthesize",
     "pair_seed": "synthesize",
+    "plan_training_pairs": "synthesize",
+    "synthesize_training_shard": "synthesize",
+    # sources
+    "collect_s3": "sources",
+    "download_s3_prefix": "sources",
+    "s3_client": "sources",
+    "collect_real_pairs": "sources",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -222,7 +222,9 @@ class PhotoSource:
 
     ``path`` is the file on disk (absolute for packaged photos), ``source`` ``'package'`` or ``'folder'``,
     ``package``/``version`` the pip package and version (``None`` for folders), ``rel_path`` the path inside
-    the package or folder, ``split`` ``'train'`` or ``'benchmark'``.
+    the package or folder, ``split`` ``'train'`` or ``'benchmark'``. ``uri`` is where the file came from when
+    ``path`` is a local cache copy (e.g. ``s3://bucket/key`` for ``source='s3'``, see
+    :mod:`maskdcpt.data.sources`); the manifests record it as ``src_path`` instead of the cache path.
     """
 
     image_id: str
@@ -233,6 +235,7 @@ class PhotoSource:
     version: str | None = None
     rel_path: str = ""
     licence: str = "unknown"
+    uri: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -457,7 +460,7 @@ def prepare_photos(
 
     def reject(s: PhotoSource, sha: str | None, reason: str, detail: str) -> None:
         rejected.append({"image_id": s.image_id, "split": s.split, "source": s.source, "package": s.package,
-                         "src_path": s.path, "sha256": sha, "reason": reason, "detail": detail})
+                         "src_path": s.uri or s.path, "sha256": sha, "reason": reason, "detail": detail})
 
     for i in order:
         s = srcs[i]
@@ -498,7 +501,7 @@ def prepare_photos(
         kept_ids.add(s.image_id)
         rows.append({
             "image_id": s.image_id, "split": s.split, "source": s.source, "package": s.package,
-            "version": s.version, "src_path": s.path, "sha256": sha,
+            "version": s.version, "src_path": s.uri or s.path, "sha256": sha,
             "png_sha256": hashlib.sha256(png).hexdigest(), "path": str(dest),
             "width": int(img.shape[1]), "height": int(img.shape[0]), "bytes": int(src.stat().st_size),
             "licence": s.licence, "mode": mode,

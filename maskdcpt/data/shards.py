@@ -36,6 +36,8 @@ from maskdcpt.imageio import atomic_open, decode_png, encode_png
 __all__ = ["write_shard", "read_shard", "iter_shards", "KEY_PATTERN"]
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
+#: zlib level of the PNG members: 1 is ~1.5× faster to write than 3 for ~4 % larger files (lossless either way).
+PNG_COMPRESSION = 1
 _SUFFIXES = {"lq.png": "lq", "gt.png": "gt", "json": "meta"}
 
 
@@ -83,8 +85,8 @@ def write_shard(
                     img = np.asarray(s[part])
                     if img.ndim != 3 or img.shape[2] != 3:
                         raise ValueError(f"{key}.{part}: expected (H, W, 3), got {img.shape}")
-                _add(tar, f"{key}.lq.png", encode_png(s["lq"], bit_depth=lq_bit_depth))
-                _add(tar, f"{key}.gt.png", encode_png(s["gt"], bit_depth=gt_bit_depth))
+                _add(tar, f"{key}.lq.png", encode_png(s["lq"], bit_depth=lq_bit_depth, compression=PNG_COMPRESSION))
+                _add(tar, f"{key}.gt.png", encode_png(s["gt"], bit_depth=gt_bit_depth, compression=PNG_COMPRESSION))
                 meta = json.dumps(dict(s.get("meta") or {}), sort_keys=True, ensure_ascii=False)
                 _add(tar, f"{key}.json", meta.encode("utf-8"))
                 n += 1

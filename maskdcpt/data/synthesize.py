@@ -15,15 +15,31 @@ Storage: shards ``out_dir/<split>-00000.tar``, ... (format in :mod:`maskdcpt.dat
 8-bit, benchmark LQ 16-bit, GT 8-bit (exact: the prepared photos are 8-bit). Shards of the same split
 left over from an earlier, larger run are deleted. The returned manifest (one row per pair,
 :data:`PAIR_COLUMNS`) is enough to rebuild any pair with :func:`regenerate_pair`.
+
+Work split, workers, resume
+---------------------------
+The pairs of a split are planned first (cheap: photo and crop choices only), in a fixed order, and cut into
+index ranges of ``shard_size`` pairs: shard ``k`` holds planned pairs ``[k·shard_size, (k+1)·shard_size)``
+and depends on nothing else, so :func:`synthesize_training_shard` makes shard ``k`` of ``n`` on its own
+(several machines can each make a disjoint subset) and ``workers > 1`` runs shards in a
+``concurrent.futures.ProcessPoolExecutor`` (a ``tqdm`` bar shows pairs/s). Every finished shard gets a
+completion sidecar ``<shard>.done.json`` written atomically *after* the shard: it holds the shard's sha256,
+its plan (pair ids, seeds, photos, crops, parameters), a fingerprint of the synthesis code and the manifest
+rows. A later run reuses a shard only if the sidecar exists and all three match (plan, code, file hash);
+otherwise the shard is made again. An interrupted run therefore resumes without redoing finished shards,
+a half-written shard (no sidecar, or a temp file of an atomic write) is redone, and a re-run with the same
+parameters writes nothing.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
 import re
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -32,6 +48,7 @@ import pandas as pd
 
 from maskdcpt.data.shards import KEY_PATTERN, write_shard
 from maskdcpt.degradations import TASKS, degrade, get_degradation
+from maskdcpt.imageio import atomic_write_bytes
 from maskdcpt.imageio import file_sha256, image_info, quantize, read_image
 
 __all__ = [
@@ -39,6 +56,9 @@ __all__ = [
     "pair_seed",
     "synthesize_training_pairs",
     "synthesize_benchmark_pairs",
+    "synthesize_training_shard",
+    "plan_training_pairs",
+    "synthesis_fingerprint",
     "regenerate_pair",
     "psnr",
 ]
@@ -113,32 +133,123 @@ def _table(images: pd.DataFrame, prepared_dir, *, keep_split: str | None, drop_s
     return rows
 
 
-def _write_shards(out_dir: Path, split: str, specs: list[dict], shard_size: int, lq_bit_depth: int,
-                  make) -> list[dict]:
-    """Write ``specs`` in chunks of ``shard_size``; ``make(spec)`` returns ``(sample, row)``."""
+@functools.lru_cache(maxsize=1)
+def synthesis_fingerprint() -> str:
+    """sha256 over the source of the code that determines a shard's bytes (the degradation package,
+    this module, :mod:`maskdcpt.data.shards` and :mod:`maskdcpt.imageio`), plus the OpenCV and NumPy
+    versions. Stored in each shard's sidecar; a change makes the next run redo the shards."""
+    import cv2
+
+    root = Path(__file__).resolve().parents[1]
+    files = sorted((root / "degradations").glob("*.py")) + [root / "data" / "synthesize.py",
+                                                             root / "data" / "shards.py", root / "imageio.py"]
+    h = hashlib.sha256(f"cv2={cv2.__version__};numpy={np.__version__}".encode())
+    for f in files:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".done.json")
+
+
+def _plan_entry(spec: dict) -> dict:
+    """The part of a spec that determines the shard's bytes (JSON types only)."""
+    photo = spec["photo"]
+    keep = {k: v for k, v in spec.items() if k not in ("photo",)}
+    keep["photo"] = {k: photo.get(k) for k in ("image_id", "sha256", "png_sha256", "width", "height")}
+    return json.loads(json.dumps(keep, sort_keys=True, default=str))
+
+
+def _shard_done(path: Path, plan: list[dict], fingerprint: str) -> list[dict] | None:
+    """The recorded rows if ``path`` is a finished shard of exactly this plan and code, else ``None``."""
+    side = _sidecar(path)
+    if not (path.is_file() and side.is_file()):
+        return None
+    try:
+        info = json.loads(side.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    if info.get("plan") != plan or info.get("fingerprint") != fingerprint:
+        return None
+    if info.get("sha256") != file_sha256(path):
+        return None
+    return info["rows"]
+
+
+def _make_shard(task: dict) -> tuple[int, list[dict], bool]:
+    """Worker: make one shard (or reuse it when its sidecar matches). Returns ``(index, rows, made)``."""
+    path, specs, ctx = Path(task["path"]), task["specs"], task["ctx"]
+    plan = [_plan_entry(sp) for sp in specs]
+    fp = synthesis_fingerprint()
+    done = None if task.get("force") else _shard_done(path, plan, fp)
+    if done is not None:
+        return task["index"], done, False
+    make = _MAKERS[ctx["kind"]]
+    rows: list[dict] = []
+
+    def samples():
+        for spec in specs:
+            sample, row = make(spec, ctx)
+            row["shard"] = path.name
+            rows.append(row)
+            yield sample
+
+    side = _sidecar(path)
+    if side.exists():
+        side.unlink()  # the shard is about to change: drop its stale completion marker first
+    write_shard(path, samples(), lq_bit_depth=ctx["lq_bit_depth"], gt_bit_depth=GT_BIT_DEPTH)
+    record = {"fingerprint": fp, "plan": plan, "sha256": file_sha256(path), "rows": rows}
+    atomic_write_bytes(side, json.dumps(record, sort_keys=True).encode("utf-8"))
+    return task["index"], json.loads(json.dumps(rows)), True
+
+
+def _shard_tasks(out_dir: Path, split: str, specs: list[dict], shard_size: int, ctx: dict) -> list[dict]:
     if shard_size < 1:
         raise ValueError("shard_size must be >= 1")
+    return [{"index": k, "path": str(out_dir / f"{split}-{k:05d}.tar"),
+             "specs": specs[start:start + shard_size], "ctx": ctx}
+            for k, start in enumerate(range(0, len(specs), shard_size))]
+
+
+def _write_shards(out_dir: Path, split: str, specs: list[dict], shard_size: int, ctx: dict, *,
+                  workers: int = 1, progress: bool = False, resume: bool = True) -> list[dict]:
+    """Make every shard of ``specs`` (index ranges of ``shard_size``), in ``workers`` processes, reusing
+    finished ones when ``resume``; delete this split's shards beyond the last index. Rows in plan order."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
-    n_shards = 0
-    for start in range(0, len(specs), shard_size):
-        name = f"{split}-{n_shards:05d}.tar"
+    tasks = _shard_tasks(out_dir, split, specs, shard_size, ctx)
+    for t in tasks:
+        t["force"] = not resume
+    results: dict[int, list[dict]] = {}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
 
-        def samples(chunk=specs[start:start + shard_size], name=name):
-            for spec in chunk:
-                sample, row = make(spec)
-                row["shard"] = name
-                rows.append(row)
-                yield sample
-
-        write_shard(out_dir / name, samples(), lq_bit_depth=lq_bit_depth, gt_bit_depth=GT_BIT_DEPTH)
-        n_shards += 1
-    pattern = re.compile(rf"{re.escape(split)}-(\d{{5}})\.tar")
+        bar = tqdm(total=len(specs), unit="pair", desc=f"synthesize {split}", dynamic_ncols=True)
+    try:
+        if workers > 1 and len(tasks) > 1:
+            with ProcessPoolExecutor(max_workers=int(workers)) as pool:
+                futures = [pool.submit(_make_shard, t) for t in tasks]
+                for fut in as_completed(futures):
+                    k, rows, _ = fut.result()
+                    results[k] = rows
+                    if bar is not None:
+                        bar.update(len(rows))
+        else:
+            for t in tasks:
+                k, rows, _ = _make_shard(t)
+                results[k] = rows
+                if bar is not None:
+                    bar.update(len(rows))
+    finally:
+        if bar is not None:
+            bar.close()
+    pattern = re.compile(rf"{re.escape(split)}-(\d{{5}})\.tar(\.done\.json)?")
     for f in out_dir.iterdir():
         m = pattern.fullmatch(f.name)
-        if m and int(m.group(1)) >= n_shards:
+        if m and int(m.group(1)) >= len(tasks):
             f.unlink()
-    return rows
+    return [row for k in sorted(results) for row in results[k]]
 
 
 def _pair(gt: np.ndarray, degradation: str, seed: int, params, lq_bit_depth: int):
@@ -160,6 +271,10 @@ def synthesize_training_pairs(
     lq_bit_depth: int = 8,
     *,
     prepared_dir: str | os.PathLike | None = None,
+    workers: int = 1,
+    progress: bool = False,
+    resume: bool = True,
+    real_classes: str = "error",
 ) -> pd.DataFrame:
     """Synthesise ``pairs_per_class`` random ``crop × crop`` training pairs for every class.
 
@@ -183,6 +298,16 @@ def synthesize_training_pairs(
         Shards go to ``out_dir/<split>-%05d.tar``, ``shard_size`` pairs each, interleaved by class
         (pair 0 of every class, then pair 1, ...) so every shard is class-balanced.
     lq_bit_depth : 8 or 16
+    workers : int
+        Processes making shards in parallel (``ProcessPoolExecutor``); the output does not depend on it.
+    progress : bool
+        Show a ``tqdm`` bar (pairs, pairs/s).
+    resume : bool
+        Reuse shards whose completion sidecar matches (module docstring); ``False`` remakes every shard.
+    real_classes : ``"error"`` or ``"skip"``
+        What to do with classes of kind ``'real'`` (pairs from captured folders only,
+        :func:`maskdcpt.data.sources.collect_real_pairs`): ``"error"`` raises ``ValueError``; ``"skip"``
+        synthesises the other classes and keeps every class's index.
 
     Returns
     -------
@@ -195,11 +320,39 @@ def synthesize_training_pairs(
 
     Raises ``ValueError`` for unknown classes, no eligible photo, or bad sizes.
     """
+    specs = plan_training_pairs(images, classes, pairs_per_class, crop, seed, split=split,
+                                prepared_dir=prepared_dir, real_classes=real_classes)
+    ctx = {"kind": "train", "split": split, "crop": int(crop), "lq_bit_depth": int(lq_bit_depth)}
+    rows = _write_shards(Path(out_dir), split, specs, shard_size, ctx, workers=workers, progress=progress,
+                         resume=resume)
+    return _frame(rows, PAIR_COLUMNS)
+
+
+def plan_training_pairs(
+    images: pd.DataFrame,
+    classes: Sequence[str],
+    pairs_per_class: int,
+    crop: int,
+    seed: int,
+    *,
+    split: str = "train",
+    prepared_dir: str | os.PathLike | None = None,
+    real_classes: str = "error",
+) -> list[dict]:
+    """The ordered plan of a training split: one dict per pair (``i``, ``ci``, ``c``, ``seed``, ``photo``,
+    ``y``, ``x``), interleaved by class (pair 0 of every class, then pair 1, ...). Cheap: no pixel is read.
+    Arguments and errors as :func:`synthesize_training_pairs`."""
     classes = list(classes)
     for c in classes:
         get_degradation(c)
     if len(set(classes)) != len(classes):
         raise ValueError(f"classes must be unique, got {classes}")
+    if real_classes not in ("error", "skip"):
+        raise ValueError("real_classes must be 'error' or 'skip'")
+    real = [c for c in classes if get_degradation(c).kind == "real"]
+    if real and real_classes == "error":
+        raise ValueError(f"classes {real} are real (captured) classes that cannot be synthesised; pass "
+                         "real_classes='skip' and add their pairs with maskdcpt.data.sources.collect_real_pairs")
     if pairs_per_class < 0 or crop < 1:
         raise ValueError("pairs_per_class must be >= 0 and crop >= 1")
     if not KEY_PATTERN.fullmatch(split):
@@ -208,40 +361,77 @@ def synthesize_training_pairs(
               if min(r["width"], r["height"]) >= crop]
     if pairs_per_class > 0 and not photos:
         raise ValueError(f"no training photo has both sides >= crop={crop}")
-
     specs = []
     for i in range(pairs_per_class):
         for ci, c in enumerate(classes):
+            if c in real:
+                continue
             s = pair_seed(seed, ci, i)
             rng = np.random.default_rng(np.random.SeedSequence(s, spawn_key=(_SELECT_STREAM,)))
             photo = photos[int(rng.integers(len(photos)))]
             y = int(rng.integers(0, photo["height"] - crop + 1))
             x = int(rng.integers(0, photo["width"] - crop + 1))
             specs.append({"i": i, "ci": ci, "c": c, "seed": s, "photo": photo, "y": y, "x": x})
+    return specs
 
-    def make(spec):
-        photo = spec["photo"]
-        img = _load_photo(photo["path"])
-        if img.shape[:2] != (photo["height"], photo["width"]):
-            raise ValueError(f"{photo['path']}: size {img.shape[1]}x{img.shape[0]} differs from the manifest")
-        y, x = spec["y"], spec["x"]
-        gt = np.ascontiguousarray(img[y:y + crop, x:x + crop])
-        lq, params, p, differs = _pair(gt, spec["c"], spec["seed"], None, lq_bit_depth)
-        key = f"{split}-{spec['c']}-{spec['i']:06d}"
-        row = {
-            "pair_id": key, "split": split, "image_id": photo["image_id"], "image_sha256": photo["sha256"],
-            "image_png_sha256": photo["png_sha256"], "degradation": spec["c"], "class_index": spec["ci"],
-            "params": json.dumps(params, sort_keys=True), "seed": spec["seed"], "crop_y": y, "crop_x": x,
-            "height": crop, "width": crop, "key": key, "psnr_lq_gt": p, "lq_differs": differs,
-            "lq_bit_depth": lq_bit_depth,
-        }
-        meta = {k: row[k] for k in ("pair_id", "split", "image_id", "degradation", "class_index", "seed",
-                                    "crop_y", "crop_x")}
-        meta["params"] = params
-        return {"key": key, "lq": lq, "gt": gt, "meta": meta}, row
 
-    rows = _write_shards(Path(out_dir), split, specs, shard_size, lq_bit_depth, make)
-    return _frame(rows, PAIR_COLUMNS)
+def synthesize_training_shard(
+    images: pd.DataFrame,
+    classes: Sequence[str],
+    pairs_per_class: int,
+    crop: int,
+    seed: int,
+    out_dir: str | os.PathLike,
+    k: int,
+    *,
+    split: str = "train",
+    shard_size: int = 256,
+    lq_bit_depth: int = 8,
+    prepared_dir: str | os.PathLike | None = None,
+    resume: bool = True,
+    real_classes: str = "error",
+) -> tuple[int, pd.DataFrame]:
+    """Make shard ``k`` (0-based) of a training split on its own: returns ``(n_shards, rows_of_shard_k)``.
+
+    Shard ``k`` is planned pairs ``[k·shard_size, (k+1)·shard_size)`` of :func:`plan_training_pairs`; its
+    bytes are the same as in a full :func:`synthesize_training_pairs` run with the same arguments, so
+    independent workers (processes, machines) can each make a disjoint set of ``k`` and a final full run
+    (``resume=True``) only assembles the manifest. ``ValueError`` if ``k`` is not in ``[0, n_shards)``.
+    """
+    specs = plan_training_pairs(images, classes, pairs_per_class, crop, seed, split=split,
+                                prepared_dir=prepared_dir, real_classes=real_classes)
+    ctx = {"kind": "train", "split": split, "crop": int(crop), "lq_bit_depth": int(lq_bit_depth)}
+    tasks = _shard_tasks(Path(out_dir), split, specs, shard_size, ctx)
+    if not 0 <= int(k) < len(tasks):
+        raise ValueError(f"shard index {k} outside [0, {len(tasks)})")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    task = dict(tasks[int(k)], force=not resume)
+    _, rows, _ = _make_shard(task)
+    return len(tasks), _frame(rows, PAIR_COLUMNS)
+
+
+def _make_training(spec: dict, ctx: dict):
+    """One training pair of the plan → ``(shard sample, manifest row)``."""
+    split, crop, lq_bit_depth = ctx["split"], ctx["crop"], ctx["lq_bit_depth"]
+    photo = spec["photo"]
+    img = _load_photo(photo["path"])
+    if img.shape[:2] != (photo["height"], photo["width"]):
+        raise ValueError(f"{photo['path']}: size {img.shape[1]}x{img.shape[0]} differs from the manifest")
+    y, x = spec["y"], spec["x"]
+    gt = np.ascontiguousarray(img[y:y + crop, x:x + crop])
+    lq, params, p, differs = _pair(gt, spec["c"], spec["seed"], None, lq_bit_depth)
+    key = f"{split}-{spec['c']}-{spec['i']:06d}"
+    row = {
+        "pair_id": key, "split": split, "image_id": photo["image_id"], "image_sha256": photo["sha256"],
+        "image_png_sha256": photo["png_sha256"], "degradation": spec["c"], "class_index": spec["ci"],
+        "params": json.dumps(params, sort_keys=True), "seed": spec["seed"], "crop_y": y, "crop_x": x,
+        "height": crop, "width": crop, "key": key, "psnr_lq_gt": p, "lq_differs": differs,
+        "lq_bit_depth": lq_bit_depth,
+    }
+    meta = {k: row[k] for k in ("pair_id", "split", "image_id", "degradation", "class_index", "seed",
+                                "crop_y", "crop_x")}
+    meta["params"] = params
+    return {"key": key, "lq": lq, "gt": gt, "meta": meta}, row
 
 
 def synthesize_benchmark_pairs(
@@ -256,6 +446,9 @@ def synthesize_benchmark_pairs(
     shard_size: int = 256,
     lq_bit_depth: int = 16,
     prepared_dir: str | os.PathLike | None = None,
+    workers: int = 1,
+    progress: bool = False,
+    resume: bool = True,
 ) -> pd.DataFrame:
     """Degrade every benchmark photo with every entry (fixed seeds, whole image or a centre crop).
 
@@ -279,6 +472,8 @@ def synthesize_benchmark_pairs(
     classes : list of str, optional
         For ``class_index`` (position of the degradation; −1 if absent); default ``TASKS["5d"]``.
     lq_bit_depth : 8 or 16 (default 16, keeping the float protocol within 1/65535)
+    workers, progress, resume :
+        As for :func:`synthesize_training_pairs`.
 
     Returns
     -------
@@ -315,28 +510,36 @@ def synthesize_benchmark_pairs(
         for k, e in enumerate(norm_entries):
             specs.append({"photo": photo, "entry": e, "seed": int(seed) + k, "y": y, "x": x, "h": th, "w": tw})
 
-    def make(spec):
-        photo, e = spec["photo"], spec["entry"]
-        img = _load_photo(photo["path"])
-        y, x, th, tw = spec["y"], spec["x"], spec["h"], spec["w"]
-        gt = np.ascontiguousarray(img[y:y + th, x:x + tw])
-        lq, params, p, differs = _pair(gt, e["degradation"], spec["seed"], e["params"], lq_bit_depth)
-        key = f"{split}-{e['label']}-{photo['image_id']}"
-        ci = classes.index(e["degradation"]) if e["degradation"] in classes else -1
-        row = {
-            "pair_id": key, "split": split, "image_id": photo["image_id"], "image_sha256": photo["sha256"],
-            "image_png_sha256": photo["png_sha256"], "degradation": e["degradation"], "class_index": ci,
-            "params": json.dumps(params, sort_keys=True), "seed": spec["seed"], "crop_y": y, "crop_x": x,
-            "height": th, "width": tw, "key": key, "psnr_lq_gt": p, "lq_differs": differs,
-            "lq_bit_depth": lq_bit_depth, "label": e["label"],
-        }
-        meta = {k: row[k] for k in ("pair_id", "split", "image_id", "degradation", "class_index", "seed",
-                                    "crop_y", "crop_x", "label")}
-        meta["params"] = params
-        return {"key": key, "lq": lq, "gt": gt, "meta": meta}, row
-
-    rows = _write_shards(Path(out_dir), split, specs, shard_size, lq_bit_depth, make)
+    ctx = {"kind": "benchmark", "split": split, "classes": classes, "lq_bit_depth": int(lq_bit_depth)}
+    rows = _write_shards(Path(out_dir), split, specs, shard_size, ctx, workers=workers, progress=progress,
+                         resume=resume)
     return _frame(rows, PAIR_COLUMNS + ["label", "shard"])
+
+
+def _make_benchmark(spec: dict, ctx: dict):
+    """One benchmark pair → ``(shard sample, manifest row)``."""
+    split, classes, lq_bit_depth = ctx["split"], ctx["classes"], ctx["lq_bit_depth"]
+    photo, e = spec["photo"], spec["entry"]
+    img = _load_photo(photo["path"])
+    y, x, th, tw = spec["y"], spec["x"], spec["h"], spec["w"]
+    gt = np.ascontiguousarray(img[y:y + th, x:x + tw])
+    lq, params, p, differs = _pair(gt, e["degradation"], spec["seed"], e["params"], lq_bit_depth)
+    key = f"{split}-{e['label']}-{photo['image_id']}"
+    ci = classes.index(e["degradation"]) if e["degradation"] in classes else -1
+    row = {
+        "pair_id": key, "split": split, "image_id": photo["image_id"], "image_sha256": photo["sha256"],
+        "image_png_sha256": photo["png_sha256"], "degradation": e["degradation"], "class_index": ci,
+        "params": json.dumps(params, sort_keys=True), "seed": spec["seed"], "crop_y": y, "crop_x": x,
+        "height": th, "width": tw, "key": key, "psnr_lq_gt": p, "lq_differs": differs,
+        "lq_bit_depth": lq_bit_depth, "label": e["label"],
+    }
+    meta = {k: row[k] for k in ("pair_id", "split", "image_id", "degradation", "class_index", "seed",
+                                "crop_y", "crop_x", "label")}
+    meta["params"] = params
+    return {"key": key, "lq": lq, "gt": gt, "meta": meta}, row
+
+
+_MAKERS = {"train": _make_training, "benchmark": _make_benchmark}
 
 
 def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:

@@ -36,7 +36,7 @@ number of distinct severity settings: grid sizes multiply for jointly drawn seve
 alternative sub-types (noise types, kernel families), and mixtures multiply their steps' levels.
 Nuisance parameters (angles, orientations, positions, trajectory/field seeds, secondary shape parameters)
 are continuous and not counted. Real classes have ``levels = 0``. :func:`level_summary` prints the table;
-the single synthetic types sum to 405 (``gaussian_noise`` 3, ``noise`` 120, ``motion_blur`` 58,
+the single synthetic types of the registry sum to 405 (402 over the 12d/all classes) (``gaussian_noise`` 3, ``noise`` 120, ``motion_blur`` 58,
 ``defocus_blur`` 15, ``gaussian_blur`` 56, ``jpeg`` 86, ``haze`` 13, ``rain`` 9, ``raindrop`` 11, ``snow``
 10, ``mosaic`` 1, ``low_light`` 13, ``moire`` 10): the paper's "200+ levels". Mixtures are combinations and
 are reported separately.

@@ -80,7 +80,8 @@ def demosaic(cfa: np.ndarray, swap_rb: bool = False) -> np.ndarray:
     ``swap_rb=False``: ``cv2.COLOR_BayerRGGB2RGB_EA`` (= ``COLOR_BayerBG2RGB_EA``; output in RGB, the GT's
     channel order). ``swap_rb=True``: ``cv2.COLOR_BayerBG2BGR_EA`` as the official MaskDCPT pipeline calls it on
     the RGB-order mosaic, which returns R and B swapped relative to the GT (maskdcpt-method.md §4.3 and §6.11);
-    use it only to reproduce the official demosaic numbers.
+    use it only to reproduce the official demosaic numbers. Interior CFA sites keep their sampled value;
+    OpenCV fills the outermost row and column by replication.
     """
     import cv2
 

@@ -23,11 +23,11 @@ ARCHS = ("nafnet", "restormer")
 #: ``tiny``; Restormer: ``paper`` (= ``paper-5d``, 26,126,644 parameters), ``cpu-default``, ``tiny``.
 BACKBONE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {"nafnet": NAFNET_PRESETS, "restormer": RESTORMER_PRESETS}
 
-_ALIASES = {"nafnet": {"paper": "paper-5d"}, "restormer": {}}
+_ALIASES = {"nafnet": {"paper": "paper-5d"}, "restormer": {"paper-5d": "paper"}}
 
 
 def resolve_preset(arch: str, preset: str | None) -> str | None:
-    """Canonical preset name for ``arch`` (``paper`` is accepted for the NAFNet ``paper-5d``).
+    """Canonical preset name for ``arch`` (``paper`` and ``paper-5d`` are accepted for both architectures).
 
     Raises:
         ValueError: unknown arch or preset (the valid names are listed).

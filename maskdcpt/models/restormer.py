@@ -427,13 +427,12 @@ class Restormer(nn.Module):
         return self.output(last) + inp
 
 
-#: Named configurations for :func:`build_restormer`. ``paper`` (alias ``paper-5d``) is the standard Restormer
+#: Named configurations for :func:`build_restormer`. ``paper`` is the standard Restormer (``build_backbone``
+#: also accepts the alias ``paper-5d``)
 #: (spec §1.7, 26,126,644 parameters); ``cpu-default`` and ``tiny`` are small variants for CPU runs and tests.
 RESTORMER_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"dim": 48, "num_blocks": [4, 6, 6, 8], "num_refinement_blocks": 4, "heads": [1, 2, 4, 8],
               "ffn_expansion_factor": 2.66},
-    "paper-5d": {"dim": 48, "num_blocks": [4, 6, 6, 8], "num_refinement_blocks": 4, "heads": [1, 2, 4, 8],
-                 "ffn_expansion_factor": 2.66},
     "cpu-default": {"dim": 16, "num_blocks": [1, 1, 1, 2], "num_refinement_blocks": 1, "heads": [1, 2, 4, 8],
                     "ffn_expansion_factor": 2.66},
     "tiny": {"dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1, "heads": [1, 2, 4, 8],

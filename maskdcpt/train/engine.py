@@ -301,6 +301,46 @@ def cosine_lambda(steps: int, base_lr: float, eta_min: float) -> Callable[[int],
     return fn
 
 
+def consolidated_state_dict(checkpoint_dir: Path, tag: str | None = None) -> dict[str, Any]:
+    """A consolidated fp32 ``{"params", "params_ema", "step"}`` from a checkpoint folder written by :func:`train`.
+
+    ``params``: for ZeRO stages 1-3 the fp32 master weights gathered from every rank's optimizer partition with
+    ``deepspeed.utils.zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint`` (so a bf16 run yields its fp32
+    masters); for stage 0 (no partitions) the ``module`` weights of ``mp_rank_00_model_states.pt`` cast to
+    float32. ``params_ema``: the EMA shadow saved in the client state (``None`` when training had no EMA; the
+    EMA of a ZeRO-3 run would hold partitioned placeholders and is not supported). Runs offline, in one process,
+    without ``torch.distributed``. Keys are the model's own names (no ``module.`` prefix), so the result loads
+    with :func:`maskdcpt.models.load_backbone_state_dict` (use ``backbone_state_dict`` names for MaskDCPT).
+
+    Args:
+        checkpoint_dir: the ``checkpoint_dir`` given to :func:`train` (holds ``latest`` and ``step*/``).
+        tag: a checkpoint tag (``step40``); default: the one named in ``latest``.
+
+    Raises:
+        FileNotFoundError: no ``latest`` file / tag folder / model-states file.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    if tag is None:
+        latest = checkpoint_dir / "latest"
+        if not latest.is_file():
+            raise FileNotFoundError(f"no DeepSpeed checkpoint in {checkpoint_dir} (no 'latest' file)")
+        tag = latest.read_text().strip()
+    folder = checkpoint_dir / tag
+    states = folder / "mp_rank_00_model_states.pt"
+    if not states.is_file():
+        raise FileNotFoundError(f"checkpoint {folder} has no {states.name}")
+    meta = torch.load(states, map_location="cpu", weights_only=False)
+    if any(folder.glob("*zero_pp_rank_*_optim_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        params = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
+        params = {k: v.float() for k, v in params.items()}
+    else:
+        params = {k: v.detach().float().clone() for k, v in meta["module"].items()}
+    ema = meta.get("ema")
+    return {"params": params, "params_ema": (ema or {}).get("shadow"), "step": meta.get("step"), "tag": tag}
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (never a half-written file)."""
     path = Path(path)

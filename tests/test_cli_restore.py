@@ -1,0 +1,139 @@
+"""`maskdcpt restore` and `maskdcpt classify` end to end on a tiny network (files, folders, globs, failures)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skdata
+
+from maskdcpt.cli import main
+from maskdcpt.inference import read_image_native
+from maskdcpt.models import MaskDCPTModel, build_nafnet
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    net = build_nafnet("tiny")
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith(("beta", "gamma")):
+                p.normal_(0, 0.2)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    sd = net.state_dict()
+    torch.save({"params": sd, "params_ema": sd, "meta": {"arch": "nafnet", "preset": "tiny"}}, path)
+    return path
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    photo = skdata.chelsea()[:45, :61]
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(photo).save(folder / "rgb.png")
+    Image.fromarray(photo[..., 0]).save(folder / "gray.png")
+    Image.fromarray(np.concatenate([photo, photo[..., :1]], axis=2)).save(folder / "sub" / "rgba.png")
+    import cv2
+
+    cv2.imwrite(str(folder / "deep.png"), (photo[..., ::-1].astype(np.uint16) * 257))   # 16-bit colour PNG
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    Image.fromarray(photo).save(folder / "rotated.jpg", exif=exif)
+    Image.fromarray(skdata.camera()[:7, :13]).save(folder / "tiny.png")
+    return folder
+
+
+def test_restore_folder_layouts_and_bit_depths(inputs, ckpt, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["restore", str(inputs), "-o", str(out), "--model", str(ckpt), "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    expect = {"rgb": ((45, 61, 3), np.uint8), "gray": ((45, 61), np.uint8), "rgba": ((45, 61, 4), np.uint8),
+              "deep": ((45, 61, 3), np.uint16), "rotated": ((61, 45, 3), np.uint8), "tiny": ((7, 13), np.uint8)}
+    for stem, (shape, dtype) in expect.items():
+        img = read_image_native(out / f"{stem}.png")
+        assert img.pixels.shape == shape and img.pixels.dtype == dtype, stem
+    src_alpha = read_image_native(inputs / "sub" / "rgba.png").pixels[..., 3]
+    assert np.array_equal(read_image_native(out / "rgba.png").pixels[..., 3], src_alpha)
+    # a second run skips existing outputs; tiling gives the same sizes
+    code = main(["restore", str(inputs / "*.png"), "-o", str(tmp_path / "tiled"), "--model", str(ckpt),
+                 "--tile", "32", "--overlap", "8", "--device", "cpu"])
+    assert code == 0
+    assert sorted(p.stem for p in (tmp_path / "tiled").iterdir()) == ["deep", "gray", "rgb", "tiny"]
+    assert read_image_native(tmp_path / "tiled" / "deep.png").pixels.dtype == np.uint16
+
+
+def test_restore_reports_unreadable_and_exits_1(inputs, ckpt, tmp_path, capsys):
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    (inputs / "notes.jpg").write_text("not an image")
+    out = tmp_path / "out"
+    code = main(["restore", str(inputs / "broken.png"), str(inputs / "notes.jpg"), str(inputs / "rgb.png"),
+                 str(tmp_path / "missing*.png"), "-o", str(out), "--model", str(ckpt), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "broken.png" in err and "notes.jpg" in err and "missing*.png" in err
+    assert "failed 3" in err
+    assert (out / "rgb.png").is_file() and not (out / "broken.png").exists()
+
+
+def test_restore_bad_model_and_args(inputs, tmp_path, capsys):
+    assert main(["restore", str(inputs), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "no.pt")]) == 1
+    assert "cannot load model" in capsys.readouterr().err
+    assert main(["restore", str(inputs), "-o", str(tmp_path / "o"), "--tile", "16", "--overlap", "16"]) == 2
+
+
+def test_restore_default_model_is_registry_champion(inputs, ckpt, tmp_path, monkeypatch, capsys):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from maskdcpt.serving import log_pyfunc_model
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    log_pyfunc_model(ckpt, registered_model_name="maskdcpt-nafnet-5d")
+    MlflowClient(uri).set_registered_model_alias("maskdcpt-nafnet-5d", "champion", "1")
+    out = tmp_path / "out"
+    assert main(["restore", str(inputs / "rgb.png"), "-o", str(out), "--device", "cpu"]) == 0
+    assert "models:/maskdcpt-nafnet-5d@champion" in capsys.readouterr().err
+    direct = tmp_path / "direct"
+    assert main(["restore", str(inputs / "rgb.png"), "-o", str(direct), "--model", str(ckpt)]) == 0
+    assert np.array_equal(read_image_native(out / "rgb.png").pixels, read_image_native(direct / "rgb.png").pixels)
+
+
+def test_classify_text_and_json(tmp_path, capsys):
+    from maskdcpt.degradations import degrade, task_classes
+
+    classes = list(task_classes("5d"))
+    torch.manual_seed(0)
+    model = MaskDCPTModel(build_nafnet("tiny"), num_classes=len(classes), recon_blocks=1)
+    pre = tmp_path / "pretrain"
+    pre.mkdir()
+    torch.save({"params": model.state_dict(), "meta": {"arch": "nafnet", "preset": "tiny"}}, pre / "model.pt")
+    (pre / "classes.json").write_text(json.dumps(classes))
+    gt = skdata.astronaut()[:48, 100:148].astype(np.float32) / 255
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i, name in enumerate(classes):
+        lq, _ = degrade(gt, name, seed=i)
+        Image.fromarray(np.round(lq * 255).astype(np.uint8)).save(imgs / f"{name}.png")
+    code = main(["classify", str(imgs), "--model", str(pre / "model.pt"), "--json", "--masks", "2",
+                 "--device", "cpu"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0 and doc["classes"] == classes and len(doc["results"]) == len(classes)
+    assert doc["averaging"]["masks_per_crop"] == 2
+    for r in doc["results"]:
+        assert math.isclose(sum(r["probabilities"].values()), 1.0, abs_tol=1e-5)
+        assert len(r["top_k"]) == 3 and r["top_class"] == r["top_k"][0]["class"]
+        assert r["confidence"] == max(r["probabilities"].values()) and r["masks"] == 2 and r["crops"] == 1
+    (imgs / "zz_bad.png").write_bytes(b"garbage")
+    code = main(["classify", str(imgs / "rain.png"), str(imgs / "zz_bad.png"), "--model", str(pre / "model.pt"),
+                 "--top-k", "2", "--masks", "2", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 1 and "zz_bad.png" in captured.err
+    line = [ln for ln in captured.out.splitlines() if ln.startswith(str(imgs / "rain.png"))][0]
+    assert "%" in line and "2 masks x 1 crop" in line
+    assert "averaged over 2 random masks" in captured.out
