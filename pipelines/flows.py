@@ -81,9 +81,10 @@ def fingerprint_source(params: dict[str, Any], root: Path) -> dict[str, Any]:
                 "files": [[f.relative_to(folder).as_posix(), f.stat().st_size, f.stat().st_mtime_ns]
                           for f in files]}
     if source == "s3":
-        from maskdcpt.data.sources import list_s3_objects  # provided by the S3 source module
+        from maskdcpt.data.sources import list_s3_objects, parse_s3_uri, s3_client
 
-        objects = list_s3_objects(p["s3_uri"], endpoint_url=p.get("s3_endpoint_url") or None)
+        bucket, prefix = parse_s3_uri(p["s3_uri"])
+        objects = list_s3_objects(s3_client(p.get("s3_endpoint_url") or None), bucket, prefix)
         return {"source": "s3", "uri": p["s3_uri"],
                 "objects": [[o["key"], o["size"], o["etag"]] for o in objects]}
     raise ValueError(f"prepare.source must be packaged, folder or s3, got {source!r}")

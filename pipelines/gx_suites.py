@@ -87,19 +87,70 @@ def manifest_expectations(classes: list[str], crop: int, benchmark_sha256: list[
     return {"pairs": pairs, "training": training, "benchmark": benchmark}
 
 
+def params_in_range(params_json: str, ranges: dict[str, Any]) -> bool:
+    """Whether a recorded parameter JSON parses and every value lies in the degradation's declared range.
+
+    Range forms (:attr:`maskdcpt.degradations.Degradation.param_ranges`): ``[lo, hi]``, ``{"choice": [...]}``,
+    ``{"grid": [lo, hi, step]}``; fixed values and parameters without a declared range are not checked.
+    """
+    try:
+        params = json.loads(params_json)
+    except (TypeError, ValueError):
+        return False
+    if not isinstance(params, dict):
+        return False
+    for key, value in params.items():
+        spec = ranges.get(key)
+        if isinstance(spec, dict) and "choice" in spec:
+            if value not in spec["choice"]:
+                return False
+        elif isinstance(spec, dict) and "grid" in spec:
+            lo, hi = spec["grid"][0], spec["grid"][1]
+            if not (isinstance(value, (int, float)) and lo - 1e-9 <= value <= hi + 1e-9):
+                return False
+        elif isinstance(spec, list) and len(spec) == 2 and all(isinstance(v, (int, float)) for v in spec):
+            if not (isinstance(value, (int, float)) and spec[0] - 1e-9 <= value <= spec[1] + 1e-9):
+                return False
+    return True
+
+
 def validate_manifest(pairs: pd.DataFrame, photos: pd.DataFrame, rejections: pd.DataFrame, classes: list[str],
-                      crop: int, max_rejection_rate: float) -> dict[str, Any]:
+                      crop: int, max_rejection_rate: float, psnr_bands: dict[str, list[float]] | None = None,
+                      pairs_per_class: dict[str, int] | None = None, count_tolerance: float = 0.0) -> dict[str, Any]:
     """Run the manifest contract; return ``{"success", "suites": [report...]}``.
 
     ``photos`` is the prepared-photo manifest (its benchmark rows give the held-out sha256 set) and
     ``rejections`` the photos rejected while preparing (the rejection rate must stay below the threshold).
+    Extended checks on the training/validation rows: seeds unique per split, parameters parse and lie in the
+    registry's declared ranges, PSNR(LQ, GT) of each class inside its declared band (``psnr_bands``), and the
+    pair count of each class within ``count_tolerance`` of the declared ``pairs_per_class`` per split.
     """
     _, gxe = _gx()
     bench_sha = sorted(set(photos.loc[photos["split"] == "benchmark", "sha256"]))
     suites = manifest_expectations(classes, crop, bench_sha)
-    frames = {"pairs": pairs, "training": pairs[pairs["split"].isin(["train", "val"])],
-              "benchmark": pairs[pairs["split"] == "benchmark"]}
+    training = pairs[pairs["split"].isin(["train", "val"])].copy()
+    frames = {"pairs": pairs, "training": training, "benchmark": pairs[pairs["split"] == "benchmark"]}
+    from maskdcpt.degradations import get_degradation
+
+    training["params_in_range"] = [params_in_range(pj, get_degradation(d).param_ranges) if d in classes else False
+                                   for pj, d in zip(training["params"], training["degradation"])]
+    suites["training"] = suites["training"] + [
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["split", "seed"]),
+        gxe.ExpectColumnValuesToBeInSet(column="params_in_range", value_set=[True]),
+    ]
+    frames["training"] = training
     reports = [run_suite(name, frames[name], exps) for name, exps in suites.items()]
+    for cls, band in (psnr_bands or {}).items():
+        sub = training[training["degradation"] == cls]
+        if len(sub):
+            reports.append(run_suite(f"psnr-band-{cls}", sub, [gxe.ExpectColumnValuesToBeBetween(
+                column="psnr_lq_gt", min_value=float(band[0]), max_value=float(band[1]))]))
+    if pairs_per_class:
+        counts = training.groupby(["split", "degradation"]).size().rename("pairs").reset_index()
+        counts["expected"] = counts["split"].map(pairs_per_class)
+        counts["ratio"] = counts["pairs"] / counts["expected"].clip(lower=1)
+        reports.append(run_suite("class-counts", counts, [gxe.ExpectColumnValuesToBeBetween(
+            column="ratio", min_value=1 - count_tolerance, max_value=1 + count_tolerance)]))
     n_rej, n_ok = len(rejections), len(photos)
     rate = pd.DataFrame({"rejection_rate": [n_rej / max(n_rej + n_ok, 1)], "accepted": [n_ok]})
     reports.append(run_suite("photos", rate, [

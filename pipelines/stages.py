@@ -97,7 +97,10 @@ def _rank_output(target: Path) -> Iterator[Path]:
 
 
 def _classes(params: dict[str, Any]) -> list[str]:
-    classes = list(params["task"]["classes"])
+    """The task's ordered class list: ``task.classes`` when given, else the registry's list for ``task.name``."""
+    from maskdcpt.degradations import task_classes
+
+    classes = list(params["task"].get("classes") or task_classes(params["task"]["name"]))
     if len(set(classes)) != len(classes) or not classes:
         raise ValueError(f"task.classes must be a non-empty list of distinct names, got {classes}")
     return classes
@@ -148,13 +151,23 @@ def prepare(params: dict[str, Any], root: Path) -> dict[str, Any]:
     missing: list[dict] = []
     if p["source"] == "packaged":
         sources, missing = collect_packaged_photos()
+    elif p["source"] == "s3":
+        from maskdcpt.data.sources import collect_s3
+
+        if not p.get("s3_uri"):
+            raise ValueError("prepare.source is 's3' but prepare.s3_uri is empty")
+        sources, s3_rejections = collect_s3(p["s3_uri"], root / ".cache" / "s3",
+                                            endpoint_url=p.get("s3_endpoint_url") or None,
+                                            benchmark_stems=list(p.get("benchmark_stems") or []),
+                                            benchmark_fraction=float(p.get("benchmark_fraction", 0.2)))
+        missing = s3_rejections.to_dict("records")
     elif p["source"] == "folder":
         if not p.get("folder"):
             raise ValueError("prepare.source is 'folder' but prepare.folder is empty")
         sources = collect_folder(p["folder"], benchmark_stems=list(p.get("benchmark_stems") or []),
                                  benchmark_fraction=float(p.get("benchmark_fraction", 0.2)))
     else:
-        raise ValueError(f"prepare.source must be 'packaged' or 'folder', got {p['source']!r}")
+        raise ValueError(f"prepare.source must be 'packaged', 'folder' or 's3', got {p['source']!r}")
     with atomic_dir(root / PREPARED) as tmp:
         manifest, rejections = prepare_photos(sources, tmp, min_size=int(p["min_size"]),
                                               max_pixels=int(p["max_pixels"]))
@@ -194,13 +207,14 @@ def synthesize(params: dict[str, Any], root: Path) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"benchmark entries use degradations outside task.classes: {unknown}")
     with atomic_dir(root / PAIRS) as tmp:
-        common = dict(classes=classes, crop=int(s["crop"]), out_dir=tmp, shard_size=int(s["shard_size"]))
+        common = dict(classes=classes, crop=int(s["crop"]), out_dir=tmp, shard_size=int(s["shard_size"]),
+                      workers=int(s.get("workers", 1)))
         train = synthesize_training_pairs(pool, pairs_per_class=int(s["train_pairs_per_class"]), seed=seed,
                                           split="train", **common)
         val = synthesize_training_pairs(pool, pairs_per_class=int(s["val_pairs_per_class"]), seed=seed + 1,
                                         split="val", **common)
         bench = synthesize_benchmark_pairs(held, entries, seed=seed + 2, out_dir=tmp,
-                                           max_size=s.get("benchmark_max_size"))
+                                           max_size=s.get("benchmark_max_size"), workers=int(s.get("workers", 1)))
         bench["class_index"] = [classes.index(d) for d in bench["degradation"]]
         manifest = pd.concat([train, val, bench], ignore_index=True)
         manifest.to_parquet(tmp / "manifest.parquet", index=False)
@@ -223,8 +237,12 @@ def validate(params: dict[str, Any], root: Path) -> dict[str, Any]:
     photos = pd.read_parquet(root / PREPARED / "manifest.parquet")
     rej_path = root / PREPARED / "rejections.csv"
     rejections = pd.read_csv(rej_path) if rej_path.stat().st_size > 1 else pd.DataFrame()
-    report = validate_manifest(pairs, photos, rejections, _classes(params), int(params["synthesize"]["crop"]),
-                               float(params["validate"]["max_rejection_rate"]))
+    v, syn = params["validate"], params["synthesize"]
+    report = validate_manifest(pairs, photos, rejections, _classes(params), int(syn["crop"]),
+                               float(v["max_rejection_rate"]), psnr_bands=v.get("psnr_lq_gt_bands") or {},
+                               pairs_per_class={"train": int(syn["train_pairs_per_class"]),
+                                                "val": int(syn["val_pairs_per_class"])},
+                               count_tolerance=float(v.get("count_tolerance", 0.0)))
     out = root / VALIDATE_REPORTS
     write_json(out / "report.json", report)
     (out / "report.html").write_text(render_html(report, "maskdcpt: pair manifest validation"))

@@ -94,6 +94,7 @@ def test_restore_default_model_is_registry_champion(inputs, ckpt, tmp_path, monk
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    mlflow.set_experiment("cli-restore-test")   # another test may have left an experiment of another store active
     log_pyfunc_model(ckpt, registered_model_name="maskdcpt-nafnet-5d")
     MlflowClient(uri).set_registered_model_alias("maskdcpt-nafnet-5d", "champion", "1")
     out = tmp_path / "out"
