@@ -307,6 +307,10 @@ def finetune(params: dict[str, Any], root: Path, variant: str) -> dict[str, Any]
     if variant not in variants:
         raise ValueError(f"unknown fine-tune variant {variant!r}; params.yaml declares {sorted(variants)}")
     init = variants[variant]["init"]
+    cfg = dict(params["finetune"])
+    if variants[variant].get("compute_matched"):
+        # the compute-matched baseline: as many steps as pre-training + fine-tuning together (issue #4)
+        cfg["steps"] = int(cfg["steps"]) + int(params["pretrain"]["steps"])
     manifest = pd.read_parquet(root / PAIRS / "manifest.parquet")
     train = load_pairs(manifest, root / PAIRS, "train")
     pretrained = root / PRETRAINED / "backbone.pt"
@@ -318,7 +322,7 @@ def finetune(params: dict[str, Any], root: Path, variant: str) -> dict[str, Any]
         log_dataset(root, manifest, "training")
     ckpt = _checkpoint_dir(root, f"finetune-{variant}", key)
     with _rank_output(root / FINETUNED / variant) as tmp:
-        summary = run_finetune(train, model_cfg=params["model"], cfg=params["finetune"],
+        summary = run_finetune(train, model_cfg=params["model"], cfg=cfg,
                                ds_params=params["deepspeed"], seed=int(params["seed"]), out_dir=tmp, init=init,
                                pretrained=pretrained if init == "pretrained" else None, checkpoint_dir=ckpt,
                                on_log=_metrics_logger() if lead else None)

@@ -44,6 +44,15 @@ def test_dvc_repro_end_to_end(tmp_path):
     again = dvc(project, "repro")
     assert ran(again) == []
 
+    # experiments: a parameter sweep entry, then compare metrics and plots
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True, env=project_env(project))
+    subprocess.run(["git", "commit", "-qm", "baseline run"], cwd=project, check=True, env=project_env(project))
+    exp = dvc(project, "exp", "run", "-S", "evaluate.grid_max_images=2")
+    assert ran(exp) == ["evaluate"]
+    assert "evaluate.grid_max_images" in dvc(project, "exp", "show", "--no-pager", "--csv")
+    dvc(project, "metrics", "diff")
+    dvc(project, "plots", "diff", "--json")
+
     # a synthesis parameter changes: synthesis and everything downstream re-run, nothing upstream
     params = (project / "params.yaml").read_text()
     (project / "params.yaml").write_text(params.replace("val_pairs_per_class: 2", "val_pairs_per_class: 3"))
