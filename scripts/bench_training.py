@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             row["fraction_of_matmul_peak"] = row["achieved_flops_per_second"] / peak
             rows.append(row)
             print(f"{name:<6}{phase:<9} {row['preset']:<12}{row['crop']:>4}^2 batch {row['batch']:<3}"
-                  f"{row['images_per_second']:>9.2f} img/s  step {row['step_seconds']:7.2f} s  "
+                  f"{row['images_per_second']:>9.3g} img/s  step {row['step_seconds']:7.2f} s  "
                   f"{row['flops_per_step'] / 1e9:9.1f} GFLOP/step  {row['achieved_flops_per_second'] / 1e9:7.1f} "
                   f"GFLOP/s = {100 * row['fraction_of_matmul_peak']:5.1f} % of peak  "
                   f"peak RSS {row['peak_rss_mib']:7.0f} MiB", flush=True)
