@@ -1,5 +1,9 @@
 """MLflow model registry: log the fine-tuned model, register a version, and gate its promotion.
 
+The registered model is the :mod:`maskdcpt.serving` pyfunc (image array in, restored array out, servable with
+``mlflow models serve``); its torch network is :func:`load_registered_network`. :func:`log_restorer` logs the
+plain ``mlflow.pytorch`` flavour instead, for users who want ``mlflow.pytorch.load_model``.
+
 A new version always gets alias ``challenger``. It becomes ``champion`` when there is no champion yet, or when,
 on the *same* benchmark pairs (the champion is re-evaluated on the current benchmark with the same code), its
 mean PSNR beats the champion's by more than ``min_gain_db`` and no degradation loses more than ``max_drop_db``.
@@ -59,6 +63,20 @@ def decide(challenger: dict[str, float], champion: dict[str, float] | None, min_
                        f"gains {gain:+.3f} dB")
     return True, (f"mean PSNR {challenger['mean']:.3f} dB beats champion {champion['mean']:.3f} dB by "
                   f"{gain:+.3f} dB; worst drop {worst[1]:.3f} dB ({worst[0]})")
+
+
+def load_registered_network(uri: str) -> torch.nn.Module:
+    """The torch network inside a registered restorer: the pyfunc model's network (``unwrap_python_model().net``),
+    or a plain ``mlflow.pytorch`` model. Raises ``mlflow.exceptions.MlflowException`` for an unknown URI."""
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model(uri)
+    try:
+        return model.unwrap_python_model().net
+    except Exception:  # an mlflow.pytorch flavour model
+        import mlflow.pytorch
+
+        return mlflow.pytorch.load_model(uri)
 
 
 def champion_version(client, name: str):

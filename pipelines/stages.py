@@ -446,9 +446,10 @@ def register(params: dict[str, Any], root: Path) -> dict[str, Any]:
     """Log the fine-tuned MaskDCPT model, register a version (alias ``challenger``), gate ``champion``."""
     import mlflow
 
-    from maskdcpt.eval.benchmark import evaluate_variants, load_restorer, summarize
+    from maskdcpt.eval.benchmark import evaluate_variants, summarize
     from pipelines.gx_suites import failure_summary
-    from pipelines.registry import champion_version, decide, log_restorer
+    from maskdcpt.serving import log_pyfunc_model
+    from pipelines.registry import champion_version, decide, load_registered_network
     from pipelines.tracking import end_pipeline
 
     r = params["register"]
@@ -461,11 +462,10 @@ def register(params: dict[str, Any], root: Path) -> dict[str, Any]:
     previous = champion_version(client, name)
     champion = None
     if previous is not None:
-        champ_net = mlflow.pytorch.load_model(f"models:/{name}@champion")
+        champ_net = load_registered_network(f"models:/{name}@champion")
         champ_eval = summarize(evaluate_variants({"champion": champ_net}, _benchmark_pairs(root)), main)
         champion = {lab: champ_eval["champion"][lab]["psnr"] for lab in [*main, "mean"]}
-    net = load_restorer(root / FINETUNED / "maskdcpt" / "model.pt")
-    info = log_restorer(net, registered_name=name)
+    info = log_pyfunc_model(root / FINETUNED / "maskdcpt" / "model.pt", registered_model_name=name)
     version = str(info.registered_model_version)
     client.set_registered_model_alias(name, "challenger", version)
     promote, reason = decide(challenger, champion, float(r["min_gain_db"]), float(r["max_drop_db"]))

@@ -66,7 +66,8 @@ def test_dvc_repro_end_to_end(tmp_path):
     name = "maskdcpt-nafnet-5d"
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
     assert str(client.get_model_version_by_alias(name, "challenger").version) == "1"
-    net = mlflow.pytorch.load_model(f"models:/{name}@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    net = model.unwrap_python_model().net
     from maskdcpt.data.shards import read_shard
     from maskdcpt.eval.benchmark import restore_array
 

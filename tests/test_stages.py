@@ -103,11 +103,15 @@ def test_register_and_promotion(project):
     name = decision["model_name"]
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
     assert str(client.get_model_version_by_alias(name, "challenger").version) == "1"
-    net = mlflow.pytorch.load_model(f"models:/{name}@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    net = model.unwrap_python_model().net
     from maskdcpt.eval.benchmark import restore_array
 
     out = restore_array(net, np.random.default_rng(0).random((37, 50, 3), dtype=np.float32))
     assert out.shape == (37, 50, 3) and np.isfinite(out).all()
+    batch = np.random.default_rng(1).random((2, 40, 52, 3), dtype=np.float32)
+    served = model.predict(batch)
+    assert served.shape == batch.shape and np.isfinite(served).all()
     # one parent run holding a nested run per stage, ended by register
     exp = client.get_experiment_by_name("maskdcpt")
     parents = client.search_runs([exp.experiment_id], "tags.`maskdcpt.role` = 'pipeline'")
