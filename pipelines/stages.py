@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pandas as pd
 
 from maskdcpt.config import find_root, load_params
@@ -202,10 +203,11 @@ def synthesize(params: dict[str, Any], root: Path) -> dict[str, Any]:
     photos = _photos(root)
     pool = photos[photos["split"] == "train"].reset_index(drop=True)
     held = photos[photos["split"] == "benchmark"].reset_index(drop=True)
-    entries = list(s["benchmark"])
-    unknown = sorted({e["degradation"] for e in entries} - set(classes))
+    entries = [{k: v for k, v in e.items() if k != "unseen"} for e in s["benchmark"]]
+    unknown = sorted({e["degradation"] for e in s["benchmark"] if not e.get("unseen")} - set(classes))
     if unknown:
-        raise ValueError(f"benchmark entries use degradations outside task.classes: {unknown}")
+        raise ValueError(f"benchmark entries use degradations outside task.classes: {unknown} "
+                         "(mark an entry `unseen: true` to test generalisation to a type not trained on)")
     with atomic_dir(root / PAIRS) as tmp:
         common = dict(classes=classes, crop=int(s["crop"]), out_dir=tmp, shard_size=int(s["shard_size"]),
                       workers=int(s.get("workers", 1)))
@@ -215,7 +217,7 @@ def synthesize(params: dict[str, Any], root: Path) -> dict[str, Any]:
                                         split="val", **common)
         bench = synthesize_benchmark_pairs(held, entries, seed=seed + 2, out_dir=tmp,
                                            max_size=s.get("benchmark_max_size"), workers=int(s.get("workers", 1)))
-        bench["class_index"] = [classes.index(d) for d in bench["degradation"]]
+        bench["class_index"] = [classes.index(d) if d in classes else -1 for d in bench["degradation"]]
         manifest = pd.concat([train, val, bench], ignore_index=True)
         manifest.to_parquet(tmp / "manifest.parquet", index=False)
     counts = manifest.groupby(["split", "degradation"]).size()
@@ -384,7 +386,18 @@ def evaluate(params: dict[str, Any], root: Path) -> dict[str, Any]:
         if shown.get(pair["label"], 0) < int(e.get("grid_max_images", 1)):
             save_grid(pair, order, out / "grids" / f"{pair['label']}__{pair['image_id']}.png")
             shown[pair["label"]] = shown.get(pair["label"], 0) + 1
-    (out / "table.md").write_text(markdown_table(result, main, ["lq", *e["variants"]]))
+    noise = _noise_levels(params, per_image)
+    if not noise.empty:
+        noise.to_csv(out / "psnr_vs_noise_level.csv", index=False)
+        _noise_plot(noise, ["lq", *e["variants"]], out / "psnr_vs_noise_level.png")
+    if e.get("real_photos", True):
+        real = real_photo_scores(variants)
+        if not real.empty:
+            real.to_csv(out / "real_piqe.csv", index=False)
+            result["real_piqe"] = {r["image_id"]: {k: _round(r[k]) for k in real.columns if k != "image_id"}
+                                   for r in real.to_dict("records")}
+    (out / "table.md").write_text(markdown_table(result, main, ["lq", *e["variants"]])
+                                  + _extra_tables(result, ["lq", *e["variants"]]))
     write_json(root / BENCHMARK_METRICS, result)
     flat = {}
     for variant in ["lq", *e["variants"]]:
@@ -396,6 +409,85 @@ def evaluate(params: dict[str, Any], root: Path) -> dict[str, Any]:
     mlflow.log_artifacts(str(out), "evaluate")
     mlflow.log_artifact(str(root / BENCHMARK_METRICS), "evaluate")
     return result
+
+
+def _round(x: Any) -> Any:
+    return round(float(x), 4) if isinstance(x, (int, float)) else x
+
+
+def _noise_levels(params: dict[str, Any], per_image: pd.DataFrame) -> pd.DataFrame:
+    """PSNR per Gaussian-noise level (sigma on the 0-255 scale) for each variant, seen and unseen levels."""
+    sigma = {e["label"]: e.get("params", {}).get("sigma") for e in params["synthesize"]["benchmark"]
+             if e["degradation"] == "gaussian_noise" and e.get("params", {}).get("sigma") is not None}
+    rows = per_image[per_image["label"].isin(sigma)]
+    if rows.empty:
+        return pd.DataFrame()
+    table = rows.groupby(["label", "variant"])["psnr"].mean().unstack("variant").reset_index()
+    table.insert(0, "sigma", table["label"].map(sigma))
+    return table.sort_values("sigma").drop(columns=["label"]).reset_index(drop=True)
+
+
+def _noise_plot(frame: pd.DataFrame, columns: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for c in columns:
+        if c in frame:
+            ax.plot(frame["sigma"], frame[c], marker="o", label=c)
+    ax.set_xlabel("Gaussian noise sigma (0-255 scale)")
+    ax.set_ylabel("PSNR (dB, RGB, float)")
+    ax.set_title("PSNR against noise level (levels above 50 unseen in training)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def real_photo_scores(variants: dict[str, Any]) -> pd.DataFrame:
+    """PIQE (Venkatanath et al. 2015; lower is better) of the real degraded photos without ground truth that
+    the installed packages ship (e.g. scikit-image's motion-blurred ``clock_motion.png``), before (``lq``) and
+    after restoration by each variant. Empty when none is installed."""
+    from maskdcpt.data.photos import collect_real_degraded_photos
+    from maskdcpt.eval.benchmark import restore_array
+    from maskdcpt.imageio import read_image
+    from maskdcpt.nr_metrics import piqe
+
+    found, _ = collect_real_degraded_photos()
+    rows = []
+    for photo in found:
+        img = read_image(photo["path"])
+        row: dict[str, Any] = {"image_id": photo["image_id"], "degradation": photo["degradation"],
+                               "lq": piqe(img)}
+        for name, net in variants.items():
+            out = restore_array(net, img)
+            if not np.isfinite(out).all():
+                raise FloatingPointError(f"variant {name!r} produced a non-finite output on {photo['image_id']}")
+            row[name] = piqe(out)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _extra_tables(result: dict[str, Any], variants: list[str]) -> str:
+    """Markdown for the extra benchmark rows (other noise levels, unseen types) and the real-photo PIQE."""
+    labels = sorted({lab for v in variants for lab in result.get(v, {}).get("extra", {})})
+    text = ""
+    if labels:
+        text += "\n### Extra rows (other noise levels, degradations unseen in training): PSNR / SSIM\n\n"
+        text += "| variant | " + " | ".join(labels) + " |\n" + "|---" * (len(labels) + 1) + "|\n"
+        for v in variants:
+            extra = result[v].get("extra", {})
+            text += f"| {v} | " + " | ".join(
+                f"{extra[lab]['psnr']:.2f} / {extra[lab]['ssim']:.4f}" if lab in extra else "-" for lab in labels) + " |\n"
+    if result.get("real_piqe"):
+        text += "\n### Real degraded photos without ground truth: PIQE (lower is better)\n\n"
+        text += "| photo | " + " | ".join(variants) + " |\n" + "|---" * (len(variants) + 1) + "|\n"
+        for image_id, scores in result["real_piqe"].items():
+            text += f"| {image_id} | " + " | ".join(f"{scores[v]:.2f}" for v in variants if v in scores) + " |\n"
+    return text
 
 
 def _bar_plot(frame: pd.DataFrame, columns: list[str], path: Path) -> None:

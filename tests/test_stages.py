@@ -85,12 +85,20 @@ def test_evaluate(project):
             assert math.isfinite(result[variant][deg]["psnr"]) and -1 <= result[variant][deg]["ssim"] <= 1
     assert result["gain_db"]["mean"] == pytest.approx(
         result["maskdcpt"]["mean"]["psnr"] - result["scratch"]["mean"]["psnr"], abs=2e-4)
+    entries = yaml.safe_load((project / "params.yaml").read_text())["synthesize"]["benchmark"]
     per_image = pd.read_csv(project / "reports/evaluate/per_image.csv")
-    assert len(per_image) == 3 * 9 * 7
+    assert len(per_image) == 3 * 9 * len(entries)
+    # unseen noise levels and an unseen degradation type are reported as extra rows
+    assert {"gaussian_noise_s60", "gaussian_noise_s75", "defocus_blur_unseen"} <= set(result["maskdcpt"]["extra"])
+    noise = pd.read_csv(project / "reports/evaluate/psnr_vs_noise_level.csv")
+    assert list(noise["sigma"]) == [15, 25, 50, 60, 75]
+    assert (noise["lq"].diff().dropna() < 0).all()  # more noise, lower input PSNR
+    real = result["real_piqe"]["skimage-clock_motion"]
+    assert all(0 <= real[v] <= 100 for v in ("lq", "maskdcpt", "scratch"))
     # the mean of a label equals the mean of its per-image PSNRs (per-image averaging)
     rain = per_image[(per_image["variant"] == "maskdcpt") & (per_image["label"] == "rain")]["psnr"].mean()
     assert result["maskdcpt"]["rain"]["psnr"] == pytest.approx(rain, abs=1e-3)
-    assert len(list((project / "reports/evaluate/grids").glob("*.png"))) == 7
+    assert len(list((project / "reports/evaluate/grids").glob("*.png"))) == len(entries)
     assert (project / "reports/evaluate/table.md").read_text().startswith("| variant |")
 
 
