@@ -73,7 +73,8 @@ def _cuda_visible() -> bool:
 
 
 def load_params(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Load ``params.yaml`` (default: the project root's) and apply dotted-key ``overrides``.
+    """Load ``params.yaml`` (default: the project root's), overlay ``presets/<preset>.yaml`` when the file sets
+    ``preset: <name>`` (e.g. ``dvc exp run -S preset=paper-5d``), then apply dotted-key ``overrides``.
 
     Args:
         path: the YAML file; default ``find_root()/params.yaml``.
@@ -94,9 +95,28 @@ def load_params(path: str | os.PathLike | None = None, overrides: dict[str, Any]
     if not isinstance(params, dict):
         raise ValueError(f"{path} must hold a YAML mapping, got {type(params).__name__}")
     params = copy.deepcopy(params)
+    preset = params.get("preset")
+    if preset and str(preset).lower() != "none":
+        overlay = path.parent / "presets" / f"{preset}.yaml"
+        if not overlay.is_file():
+            known = sorted(p.stem for p in (path.parent / "presets").glob("*.yaml"))
+            raise FileNotFoundError(f"params preset {preset!r} not found: expected {overlay} (available: {known})")
+        with open(overlay, encoding="utf-8") as fh:
+            params = deep_merge(params, yaml.safe_load(fh) or {})
     for dotted, value in (overrides or {}).items():
         set_dotted(params, dotted, value)
     return params
+
+
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``overlay`` recursively (dicts merge, any other value replaces); inputs unchanged."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import maskdcpt  # noqa: F401  (offline environment defaults)
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 
 from maskdcpt.config import find_root, flatten, load_params
@@ -205,3 +205,52 @@ def _publish_artifacts(root: Path, results: list[dict[str, Any]], parent_id: str
             f"* decision: **{'promoted to champion' if d['promoted'] else 'kept as challenger'}**\n"
             f"* reason: {d['reason']}\n* champion now: version {d['champion_version']}\n\n{link}\n",
             key="maskdcpt-promotion", description="registry promotion decision")
+
+
+@task(name="synthesize-shard", task_run_name="{split}-{k}", retries=2, retry_delay_seconds=[5, 30])
+def make_shard(project_dir: str, split: str, k: int) -> int:
+    """Make (or find finished) training shard ``k`` of ``split`` in the synthesis staging folder; return its
+    number of pairs. Idempotent: a finished shard of the same plan and code is not redone."""
+    from maskdcpt.data.synthesize import synthesize_training_shard
+    from pipelines.stages import _classes, _photos, synthesis_staging, training_split_args
+
+    root = Path(project_dir)
+    params = load_params(root / "params.yaml")
+    s = params["synthesize"]
+    photos = _photos(root)
+    pool = photos[photos["split"] == "train"].reset_index(drop=True)
+    args = training_split_args(params, root, split)
+    _, rows = synthesize_training_shard(pool, _classes(params), args["pairs_per_class"], int(s["crop"]),
+                                        args["seed"], synthesis_staging(params, root), int(k), split=split,
+                                        shard_size=int(s["shard_size"]))
+    return len(rows)
+
+
+@flow(name="maskdcpt-synthesize-shards", log_prints=True)
+def synthesize_shards(project_dir: str | None = None, split: str = "train", start: int = 0,
+                      stop: int | None = None) -> dict[str, Any]:
+    """Make training shards ``[start, stop)`` of ``split`` as Prefect tasks (mapped; the task runner decides the
+    concurrency). Across machines: deploy this flow to a work pool and run one flow run per index range, with
+    ``synthesize.staging_dir`` on a shared folder; the ``synthesize`` stage then only assembles the manifest.
+    Needs the ``prepare`` stage's output (``data/prepared``)."""
+    import math
+
+    from maskdcpt.data.synthesize import plan_training_pairs
+    from pipelines.stages import _classes, _photos, training_split_args
+
+    root = Path(project_dir or find_root()).resolve()
+    params = load_params(root / "params.yaml")
+    s = params["synthesize"]
+    photos = _photos(root)
+    pool = photos[photos["split"] == "train"].reset_index(drop=True)
+    args = training_split_args(params, root, split)
+    plan = plan_training_pairs(pool, _classes(params), args["pairs_per_class"], int(s["crop"]), args["seed"],
+                               split=split)
+    n_shards = math.ceil(len(plan) / int(s["shard_size"]))
+    ks = list(range(max(start, 0), min(stop if stop is not None else n_shards, n_shards)))
+    t0 = time.perf_counter()
+    counts = make_shard.map(unmapped(str(root)), unmapped(split), ks).result()
+    seconds = time.perf_counter() - t0
+    pairs = int(sum(counts))
+    return {"split": split, "shards": ks, "of": n_shards, "pairs": pairs, "seconds": round(seconds, 2),
+            "pairs_per_second": round(pairs / seconds, 2) if seconds > 0 else None}

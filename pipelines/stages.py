@@ -208,17 +208,38 @@ def synthesize(params: dict[str, Any], root: Path) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"benchmark entries use degradations outside task.classes: {unknown} "
                          "(mark an entry `unseen: true` to test generalisation to a type not trained on)")
+    # Shards are made (and resumed) in a staging folder, then linked into the atomic output: an interrupted
+    # stage keeps its finished shards, and shards made by distributed workers (pipelines.flows.synthesize_shards)
+    # are reused as they are.
+    staging = synthesis_staging(params, root)
+    workers = int(s.get("workers", 1))
+    splits = {}
+    real_sets = params.get("training_sets") or {}
+    if real_sets.get("root"):
+        # the paper's training sets as real pairs (a preset such as presets/paper-5d.yaml names them); the
+        # validation crops for classification accuracy stay synthetic
+        from maskdcpt.data.benchmarks import training_pairs
+
+        splits["train"], rejected = training_pairs(params, staging)
+        if len(rejected):
+            rejected.to_csv(staging / "training_sets_rejections.csv", index=False)
+            log.warning("%d training-set pairs rejected, see %s", len(rejected),
+                        staging / "training_sets_rejections.csv")
+    for split in ("train", "val"):
+        if split in splits:
+            continue
+        args = training_split_args(params, root, split)
+        splits[split] = synthesize_training_pairs(pool, classes=classes, crop=int(s["crop"]), out_dir=staging,
+                                                  shard_size=int(s["shard_size"]), workers=workers, split=split,
+                                                  pairs_per_class=args["pairs_per_class"], seed=args["seed"])
+    bench = synthesize_benchmark_pairs(held, entries, seed=seed + 2, out_dir=staging,
+                                       max_size=s.get("benchmark_max_size"), workers=workers)
+    bench["class_index"] = [classes.index(d) if d in classes else -1 for d in bench["degradation"]]
+    train, val = splits["train"], splits["val"]
+    manifest = pd.concat([train, val, bench], ignore_index=True)
     with atomic_dir(root / PAIRS) as tmp:
-        common = dict(classes=classes, crop=int(s["crop"]), out_dir=tmp, shard_size=int(s["shard_size"]),
-                      workers=int(s.get("workers", 1)))
-        train = synthesize_training_pairs(pool, pairs_per_class=int(s["train_pairs_per_class"]), seed=seed,
-                                          split="train", **common)
-        val = synthesize_training_pairs(pool, pairs_per_class=int(s["val_pairs_per_class"]), seed=seed + 1,
-                                        split="val", **common)
-        bench = synthesize_benchmark_pairs(held, entries, seed=seed + 2, out_dir=tmp,
-                                           max_size=s.get("benchmark_max_size"), workers=int(s.get("workers", 1)))
-        bench["class_index"] = [classes.index(d) if d in classes else -1 for d in bench["degradation"]]
-        manifest = pd.concat([train, val, bench], ignore_index=True)
+        for shard in manifest["shard"].unique():
+            _link_or_copy(staging / shard, tmp / shard)
         manifest.to_parquet(tmp / "manifest.parquet", index=False)
     counts = manifest.groupby(["split", "degradation"]).size()
     band = manifest.groupby("degradation")["psnr_lq_gt"].agg(["min", "median", "max"]).round(2)
@@ -227,6 +248,32 @@ def synthesize(params: dict[str, Any], root: Path) -> dict[str, Any]:
     mlflow.log_artifact(str(root / PAIRS / "manifest.parquet"), "synthesize")
     return {"pairs": int(len(manifest)), "train": int(len(train)), "val": int(len(val)),
             "benchmark": int(len(bench))}
+
+
+def synthesis_staging(params: dict[str, Any], root: Path) -> Path:
+    """The folder where synthesis shards are made and resumed (``synthesize.staging_dir``, default
+    ``.cache/synthesis``; a shared folder when several machines make shards)."""
+    staging = Path(params["synthesize"].get("staging_dir") or root / ".cache" / "synthesis")
+    staging.mkdir(parents=True, exist_ok=True)
+    return staging
+
+
+def training_split_args(params: dict[str, Any], root: Path, split: str) -> dict[str, Any]:
+    """The synthesis arguments of a training split: ``pairs_per_class`` and its base ``seed``
+    (train: ``seed``, val: ``seed + 1``)."""
+    s, seed = params["synthesize"], int(params["seed"])
+    if split == "train":
+        return {"pairs_per_class": int(s["train_pairs_per_class"]), "seed": seed}
+    if split == "val":
+        return {"pairs_per_class": int(s["val_pairs_per_class"]), "seed": seed + 1}
+    raise ValueError(f"training split must be train or val, got {split!r}")
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def validate(params: dict[str, Any], root: Path) -> dict[str, Any]:

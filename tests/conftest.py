@@ -57,7 +57,7 @@ def make_project(dest: Path, overrides: dict | None = None, dvc: bool = True) ->
     """Copy the code, dvc.yaml and tiny params.yaml into ``dest``; ``git init`` + ``dvc init`` when ``dvc``."""
     dest.mkdir(parents=True, exist_ok=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("maskdcpt", "pipelines"):
+    for name in ("maskdcpt", "pipelines", "presets"):
         shutil.copytree(REPO / name, dest / name, ignore=ignore)
     shutil.copy(REPO / "dvc.yaml", dest / "dvc.yaml")
     shutil.copy(REPO / ".gitignore", dest / ".gitignore")

@@ -235,3 +235,32 @@ def test_training_stage_killed_midway_resumes(tmp_path):
     summary = json.loads((project / "models/finetune/scratch/summary.json").read_text())
     assert summary["resumed_from"] >= 40 and summary["steps"] == 300
     assert not ckroot.exists() or not any(ckroot.iterdir())
+
+
+def test_distributed_shard_flow_then_stage_reuses_shards(tmp_path):
+    """Shards made by the `maskdcpt-synthesize-shards` flow (as workers on many machines would, in two index
+    ranges) are reused as they are by the synthesize stage, which only assembles the manifest."""
+    project = make_project(tmp_path / "proj", {"synthesize.shard_size": 8}, dvc=False)
+    run_stage(project, "prepare")
+    env = project_env(project)
+    code = ("import json, sys\n"
+            "from pipelines.flows import synthesize_shards\n"
+            "a = synthesize_shards(project_dir=sys.argv[1], split='train', start=0, stop=2)\n"
+            "b = synthesize_shards(project_dir=sys.argv[1], split='train', start=2)\n"
+            "print(json.dumps([a, b]))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(project)], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    a, b = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert a["shards"] == [0, 1] and b["shards"] == list(range(2, a["of"])) and a["pairs"] + b["pairs"] == 30
+    staging = project / ".cache" / "synthesis"
+    made = {p.name: p.stat().st_mtime_ns for p in staging.glob("train-*.tar")}
+    assert len(made) == a["of"]
+    run_stage(project, "synthesize")
+    assert {p.name: p.stat().st_mtime_ns for p in staging.glob("train-*.tar")} == made  # not redone
+    import pandas as pd
+
+    manifest = pd.read_parquet(project / "data/pairs/manifest.parquet")
+    assert (manifest["split"] == "train").sum() == 30
+    for shard in made:
+        assert (project / "data/pairs" / shard).stat().st_ino == (staging / shard).stat().st_ino

@@ -101,3 +101,23 @@ def test_markdown_table_shape():
     text = markdown_table(res, ["rain"], ["lq", "scratch", "maskdcpt"])
     assert text.splitlines()[0] == "| variant | rain | mean |"
     assert "| maskdcpt | 30.00 / 0.9000 | 30.00 / 0.9000 |" in text
+
+
+def test_params_preset_overlay(tmp_path):
+    import shutil
+
+    repo = Path(__file__).parents[1]
+    shutil.copy(repo / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(repo / "presets", tmp_path / "presets")
+    base = load_params(tmp_path / "params.yaml")
+    assert base["model"]["preset"] == "cpu-default"
+    paper = load_params(tmp_path / "params.yaml", {})
+    text = (tmp_path / "params.yaml").read_text().replace("preset: none", "preset: paper-5d", 1)
+    (tmp_path / "params.yaml").write_text(text)
+    paper = load_params(tmp_path / "params.yaml")
+    assert paper["model"]["preset"] == "paper-5d" and paper["pretrain"]["steps"] == 100000
+    assert paper["training_sets"]["sets"]["rain200l"]["repeat"] == 300
+    assert paper["finetune"]["variants"] == base["finetune"]["variants"]  # untouched keys are kept
+    (tmp_path / "params.yaml").write_text(text.replace("preset: paper-5d", "preset: nosuch", 1))
+    with pytest.raises(FileNotFoundError, match="paper-5d"):
+        load_params(tmp_path / "params.yaml")

@@ -43,8 +43,10 @@ def test_synthesize(project):
     assert (train["class_index"] == train["degradation"].map(classes.index)).all()
     bench = pairs[pairs["split"] == "benchmark"]
     assert {"gaussian_noise", "gaussian_noise_s15", "gaussian_noise_s50"} <= set(bench["label"])
+    entries = yaml.safe_load((project / "params.yaml").read_text())["synthesize"]["benchmark"]
+    expected = {e["params"]["sigma"] for e in entries if e["degradation"] == "gaussian_noise"}
     sigmas = {json.loads(p)["sigma"] for p in bench.loc[bench["degradation"] == "gaussian_noise", "params"]}
-    assert sigmas == {15, 25, 50}
+    assert sigmas == expected and {15, 25, 50} <= sigmas
     photos = pd.read_parquet(project / "data/prepared/manifest.parquet")
     bench_sha = set(photos.loc[photos["split"] == "benchmark", "sha256"])
     assert not set(train["image_sha256"]) & bench_sha

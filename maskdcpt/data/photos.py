@@ -313,10 +313,30 @@ def collect_packaged_photos(
     return sources, missing
 
 
+#: Real degraded photos without ground truth shipped by optional Debian packages (real-photos.md): used when
+#: installed (``apt-get install opencv-doc``), otherwise reported as missing. Absolute paths.
+DEBIAN_REAL_DEGRADED_PHOTOS: tuple[dict, ...] = tuple(
+    {"image_id": f"opencv-doc-{name}", "package": "opencv-doc (Debian)", "degradation": degradation,
+     "abs_path": f"/usr/share/doc/opencv-doc/examples/data/{name}.jpg", "licence": "Apache-2.0/BSD package",
+     "description": description}
+    for name, degradation, description in (
+        ("text_motion", "motion_blur", "text photographed with camera motion"),
+        ("licenseplate_motion", "motion_blur", "licence plate with motion blur"),
+        ("text_defocus", "defocus_blur", "out-of-focus text"),
+    ))
+
+
 def collect_real_degraded_photos() -> tuple[list[dict], list[dict]]:
-    """Locate :data:`REAL_DEGRADED_PHOTOS`: returns ``(found, missing)``; each found entry is the table
-    row plus ``path`` (absolute) and ``version``."""
+    """Locate :data:`REAL_DEGRADED_PHOTOS` (and :data:`DEBIAN_REAL_DEGRADED_PHOTOS` when that package is
+    installed): returns ``(found, missing)``; each found entry is the table row plus ``path`` (absolute) and
+    ``version``."""
     found, missing = [], []
+    for entry in DEBIAN_REAL_DEGRADED_PHOTOS:
+        f = Path(entry["abs_path"])
+        if f.is_file():
+            found.append({**entry, "path": str(f), "version": "debian"})
+        else:
+            missing.append({**entry, "reason": "package_not_installed"})
     for entry in REAL_DEGRADED_PHOTOS:
         root = package_dir(entry["package"])
         f = None if root is None else root / entry["rel_path"]
