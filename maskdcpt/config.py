@@ -64,6 +64,11 @@ def apply_env_defaults(root: str | os.PathLike | None = None) -> None:
         os.environ.setdefault(key, value)
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(root / ".cache" / "torch_extensions"))
     os.environ.setdefault("PREFECT_HOME", str(root / ".cache" / "prefect"))
+    # Prefect's SQLite cannot be created in a missing folder ("unable to open database file")
+    try:
+        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass  # an unwritable PREFECT_HOME is reported by Prefect itself when it is used
 
 
 def _cuda_visible() -> bool:

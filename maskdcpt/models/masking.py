@@ -106,3 +106,29 @@ def expand_mask(
     if fw > 1:
         out = out.repeat_interleave(fw, dim=3)
     return out
+
+
+def level_masks(mask: torch.Tensor, inp: torch.Tensor, patch: int, num_levels: int) -> list[torch.Tensor]:
+    """Validate a patch mask for ``inp`` and expand it to every level of a U-Net backbone.
+
+    Args:
+        mask: Bool ``[N or 1, 1, H/patch, W/patch]``, True = visible.
+        inp: the backbone input ``[N, C, H, W]``.
+        patch: the mask patch size in pixels (2**levels for NAFNet, 16 for Restormer).
+        num_levels: number of downsamplings.
+
+    Returns:
+        ``num_levels + 1`` float masks, index ``i`` at resolution ``(H / 2**i, W / 2**i)``, dtype of ``inp``.
+
+    Raises:
+        ValueError: the mask's shape does not match the input and patch size.
+    """
+    n, _, h, w = inp.shape
+    want = (h // patch, w // patch)
+    if mask.dim() != 4 or mask.shape[1] != 1 or tuple(mask.shape[-2:]) != want or mask.shape[0] not in (1, n):
+        raise ValueError(
+            f"mask must have shape [{n}, 1, {want[0]}, {want[1]}] (one entry per {patch}x{patch} patch, True = "
+            f"visible) for input {tuple(inp.shape)}, got {tuple(mask.shape)}"
+        )
+    mask = mask.to(inp.device)
+    return [expand_mask(mask, (h >> i, w >> i), dtype=inp.dtype) for i in range(num_levels + 1)]

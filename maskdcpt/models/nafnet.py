@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-from maskdcpt.models.masking import expand_mask
+from maskdcpt.models.masking import expand_mask, level_masks
 
 __all__ = [
     "LayerNorm2d",
@@ -305,16 +305,7 @@ class NAFNet(nn.Module):
 
     def _level_masks(self, mask: torch.Tensor, inp: torch.Tensor) -> list[torch.Tensor]:
         """Validate the patch mask and expand it to every level: index i has resolution (H/2**i, W/2**i)."""
-        n, _, h, w = inp.shape
-        p = self.padder_size
-        want = (h // p, w // p)
-        if mask.dim() != 4 or mask.shape[1] != 1 or tuple(mask.shape[-2:]) != want or mask.shape[0] not in (1, n):
-            raise ValueError(
-                f"mask must have shape [{n}, 1, {want[0]}, {want[1]}] (one entry per {p}x{p} patch, True = "
-                f"visible) for input {tuple(inp.shape)}, got {tuple(mask.shape)}"
-            )
-        mask = mask.to(inp.device)
-        return [expand_mask(mask, (h >> i, w >> i), dtype=inp.dtype) for i in range(self.num_levels + 1)]
+        return level_masks(mask, inp, self.padder_size, self.num_levels)
 
     def forward_features(
         self, inp: torch.Tensor, mask: torch.Tensor | None = None

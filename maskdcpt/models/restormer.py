@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from maskdcpt.models.masking import expand_mask
+from maskdcpt.models.masking import expand_mask, level_masks
 from maskdcpt.models.nafnet import LayerNorm2d, _prepare_block_mask
 
 __all__ = [
@@ -358,16 +358,7 @@ class Restormer(nn.Module):
 
     def _level_masks(self, mask: torch.Tensor, inp: torch.Tensor) -> list[torch.Tensor]:
         """Validate the patch mask; return it expanded to levels 0..3 (resolution ``H/2**i``)."""
-        n, _, h, w = inp.shape
-        p = self.mask_patch_size
-        want = (h // p, w // p)
-        if mask.dim() != 4 or mask.shape[1] != 1 or tuple(mask.shape[-2:]) != want or mask.shape[0] not in (1, n):
-            raise ValueError(
-                f"mask must have shape [{n}, 1, {want[0]}, {want[1]}] (one entry per {p}x{p} patch, True = "
-                f"visible) for input {tuple(inp.shape)}, got {tuple(mask.shape)}"
-            )
-        mask = mask.to(inp.device)
-        return [expand_mask(mask, (h >> i, w >> i), dtype=inp.dtype) for i in range(self.num_levels + 1)]
+        return level_masks(mask, inp, self.mask_patch_size, self.num_levels)
 
     def forward_features(
         self, inp: torch.Tensor, mask: torch.Tensor | None = None
