@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -90,7 +91,9 @@ def dvc_lock_hashes(root: Path | None = None) -> dict[str, str]:
     for stage, body in (data.get("stages") or {}).items():
         for out in body.get("outs", []) or []:
             digest = out.get("md5") or out.get("hash") or ""
-            tags[f"dvc.{stage}.{out.get('path')}"] = str(digest)
+            # MLflow tag keys allow alphanumerics, _ - . space : / only (foreach stages are named like x@y)
+            key = re.sub(r"[^A-Za-z0-9_\-. :/]", "_", f"dvc.{stage}.{out.get('path')}")
+            tags[key] = str(digest)
     return tags
 
 

@@ -102,7 +102,7 @@ def test_dvc_push_pull_on_moto_s3_remote(moto, tmp_path):
     shutil.rmtree(project / ".dvc" / "cache")
     for d in before:
         shutil.rmtree(project / d)
-    out = _dvc(project, "pull", env=CREDS)
+    out = _dvc(project, "pull", "prepare", "synthesize", env=CREDS)
     assert "fetched" in out.lower() or "added" in out.lower()
     assert {d: _tree_md5(project / d) for d in before} == before
     status = _dvc(project, "status", "prepare", "synthesize")
@@ -138,7 +138,7 @@ def _retrain(project, extra_env=None):
 
 def test_retraining_flow_runs_skips_and_retrains_on_new_photos(tmp_path):
     project, src, spare = _folder_project(tmp_path)
-    _dvc(project, "remote", "add", "-d", "local", "../dvc-storage")
+    _dvc(project, "remote", "add", "-d", "local", "dvc-storage")
     summary, first = _retrain(project)
     assert summary["versions"]["remote"] == "local"
     assert any((project / "dvc-storage").rglob("*")), "dvc push stored nothing"
