@@ -44,7 +44,8 @@ def project_env(project: Path) -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PREFECT_HOME"] = str(project / ".cache" / "prefect")
     env["TORCH_EXTENSIONS_DIR"] = str(REPO / ".cache" / "torch_extensions")
-    env.pop("MLFLOW_TRACKING_URI", None)
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(var, None)  # set_tracking_uri()/set_registry_uri() in this process export them
     env.pop("MASKDCPT_PARENT_RUN_ID", None)
     env.setdefault("GIT_AUTHOR_NAME", "maskdcpt tests")
     env.setdefault("GIT_AUTHOR_EMAIL", "tests@maskdcpt.invalid")
@@ -88,3 +89,31 @@ def run_stage(project: Path, stage: str, *extra: str, prefect: bool = False, che
 @pytest.fixture
 def tiny_project(tmp_path):
     return make_project(tmp_path / "proj", dvc=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _reset_mlflow_uris():
+    """MLflow's tracking and registry URIs are process-global: restore the defaults after every test module, so
+    that one module's store never answers another module's registry queries."""
+    import mlflow
+
+    yield
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+    # set_registry_uri() also exports MLFLOW_REGISTRY_URI (and None does not clear it): child processes would
+    # register into another test's store
+    for var in ("MLFLOW_REGISTRY_URI", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        os.environ.pop(var, None)
+    try:
+        mlflow.end_run()
+    except Exception:
+        pass
+
+
+def use_store(path: Path) -> None:
+    """Point this process's MLflow tracking *and* registry at the SQLite store ``path``."""
+    import mlflow
+
+    uri = f"sqlite:///{path}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)

@@ -8,7 +8,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import make_project, project_env
+from conftest import make_project, project_env, use_store
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,7 @@ def test_dvc_repro_end_to_end(tmp_path):
     assert sorted(ran(rerun)) == sorted(STAGES[1:])
 
     # the registry: challenger and champion, and the champion restores a benchmark image
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    use_store(project / 'mlflow.db')
     client = mlflow.MlflowClient()
     name = "maskdcpt-nafnet-5d"
     assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"

@@ -16,7 +16,7 @@ import boto3
 import numpy as np
 import pytest
 
-from conftest import REPO, make_project, project_env, run_stage
+from conftest import REPO, make_project, project_env, run_stage, use_store
 from pipelines.services import start_mlflow, start_moto, start_prefect
 
 pytestmark = pytest.mark.slow
@@ -159,7 +159,7 @@ def test_retraining_flow_runs_skips_and_retrains_on_new_photos(tmp_path):
 
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    use_store(project / 'mlflow.db')
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name("maskdcpt")
     parents = client.search_runs([exp.experiment_id], "tags.`maskdcpt.role` = 'pipeline'")

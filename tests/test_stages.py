@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import make_project, run_stage
+from conftest import make_project, run_stage, use_store
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_register_and_promotion(project):
     run_stage(project, "register")
     decision = json.loads((project / "reports/register/decision.json").read_text())
     assert decision["promoted"] and decision["version"] == "1"
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    use_store(project / 'mlflow.db')
     client = mlflow.MlflowClient()
     name = decision["model_name"]
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
