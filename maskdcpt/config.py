@@ -51,6 +51,12 @@ def find_root(start: str | os.PathLike | None = None) -> Path:
     return here
 
 
+def tracking_uri(root: str | os.PathLike | None = None) -> str:
+    """The project's MLflow tracking URI: ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<root>/mlflow.db`` (``root``
+    defaults to :func:`find_root`). The pipeline and the CLI share this one default."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root or find_root()) / 'mlflow.db'}"
+
+
 def apply_env_defaults(root: str | os.PathLike | None = None) -> None:
     """Set the offline/CI environment defaults listed in the module docstring (never overriding a set value).
 

@@ -26,14 +26,16 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+from maskdcpt.config import tracking_uri
 import torch.nn.functional as F
 
-from maskdcpt.imageio import ImageRejected, atomic_write_bytes
+from maskdcpt.imageio import ImageRejected, _orient_array, atomic_write_bytes
 
 __all__ = [
     "DEFAULT_MODEL_URI",
@@ -60,17 +62,6 @@ REGISTERED_MODEL_NAME = "maskdcpt-nafnet-5d"
 DEFAULT_MODEL_URI = f"models:/{REGISTERED_MODEL_NAME}@champion"
 
 _URI_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:/")
-
-
-def tracking_uri(root: str | os.PathLike | None = None) -> str:
-    """The project's MLflow tracking URI: ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<root>/mlflow.db``.
-
-    Same default as ``pipelines.tracking.tracking_uri`` (replicated so that :mod:`maskdcpt` does not import
-    ``pipelines``); ``root`` defaults to :func:`maskdcpt.config.find_root`.
-    """
-    from maskdcpt.config import find_root
-
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root or find_root()) / 'mlflow.db'}"
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -490,15 +481,6 @@ class NativeImage:
         return self.pixels.ndim == 2 or self.pixels.shape[2] == 2
 
 
-_ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
-    2: lambda a: a[:, ::-1],
-    3: lambda a: a[::-1, ::-1],
-    4: lambda a: a[::-1, :],
-    5: lambda a: np.swapaxes(a, 0, 1),
-    6: lambda a: np.rot90(a, k=-1),
-    7: lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1],
-    8: lambda a: np.rot90(a, k=1),
-}
 
 
 def read_image_native(path: str | os.PathLike, max_pixels: int | None = 50_000_000) -> NativeImage:
@@ -573,8 +555,7 @@ def read_image_native(path: str | os.PathLike, max_pixels: int | None = 50_000_0
                 reason = "truncated" if "truncat" in msg.lower() or isinstance(e, EOFError) else "corrupt"
                 raise ImageRejected(reason, f"decoding failed: {msg}", path) from e
             pixels, depth = _pil_native(im, path)
-    if orientation in _ORIENT:
-        pixels = _ORIENT[int(orientation)](pixels)
+    pixels = _orient_array(pixels, orientation)
     return NativeImage(np.ascontiguousarray(pixels), depth, mode, orientation)
 
 

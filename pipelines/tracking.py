@@ -24,19 +24,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from maskdcpt.config import find_root, flatten
+from maskdcpt.config import find_root, flatten, tracking_uri
 
 log = logging.getLogger(__name__)
 
 PARENT_ENV = "MASKDCPT_PARENT_RUN_ID"
 ROLE_TAG = "maskdcpt.role"
 SYSTEM_METRICS_STAGES = {"pretrain", "finetune", "evaluate"}  # long stages: CPU/memory sampled by MLflow
-
-
-def tracking_uri(root: Path | None = None) -> str:
-    """The MLflow tracking URI: ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<root>/mlflow.db``."""
-    root = Path(root or find_root())
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
 
 
 def setup(experiment: str, root: Path | None = None) -> str:
