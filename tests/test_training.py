@@ -17,13 +17,16 @@ def _run(*args, check=True):
     return proc
 
 
-def test_kill_and_resume_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("layout", [("--zero-stage", 0, "--channels-last"), ("--zero-stage", 1)],
+                         ids=["zero0-nhwc", "zero1-nchw"])
+def test_kill_and_resume_matches_uninterrupted(tmp_path, layout):
+    """ZeRO-0 + NHWC is the params.yaml default (NHWC weights, fused AdamW state); ZeRO-1 keeps flat buffers."""
     full, part = tmp_path / "full", tmp_path / "part"
-    _run(full, full / "ckpt", 6)
-    killed = _run(part, part / "ckpt", 6, "--die-at", 5, check=False)
+    _run(full, full / "ckpt", 6, *layout)
+    killed = _run(part, part / "ckpt", 6, "--die-at", 5, *layout, check=False)
     assert killed.returncode == 17
     assert (part / "ckpt" / "latest").read_text().strip() == "step4"
-    _run(part, part / "ckpt", 6)
+    _run(part, part / "ckpt", 6, *layout)
     a = torch.load(full / "final.pt", weights_only=False)
     b = torch.load(part / "final.pt", weights_only=False)
     assert b["resumed_from"] == 4 and a["resumed_from"] == 0
@@ -37,3 +40,17 @@ def test_resume_must_fails_loudly_without_checkpoint(tmp_path):
     proc = _run(tmp_path, tmp_path / "empty", 2, "--resume", "must", check=False)
     assert proc.returncode != 0
     assert "no checkpoint" in proc.stderr
+
+
+def test_channels_last_batches_train_the_same_weights(tmp_path):
+    """deepspeed.channels_last only changes the batches' memory layout: same weights up to conv rounding."""
+    nchw, nhwc = tmp_path / "nchw", tmp_path / "nhwc"
+    _run(nchw, nchw / "ckpt", 4, "--zero-stage", 0)
+    _run(nhwc, nhwc / "ckpt", 4, "--zero-stage", 0, "--channels-last")
+    a = torch.load(nchw / "final.pt", weights_only=False)
+    b = torch.load(nhwc / "final.pt", weights_only=False)
+    assert not any(a["channels_last"]) and all(b["channels_last"]) and len(b["channels_last"]) == 4
+    for key in a["params"]:
+        torch.testing.assert_close(a["params"][key], b["params"][key], atol=1e-5, rtol=1e-5)
+        # trained with NHWC weights, handed back (and checkpointed by the stages) in the plain layout
+        assert b["params"][key].is_contiguous() and b["params_ema"][key].is_contiguous()

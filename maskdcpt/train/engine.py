@@ -1,7 +1,8 @@
 """The DeepSpeed training engine shared by pre-training and fine-tuning.
 
 One training function for every scale: ``deepspeed.initialize`` wraps the model and a *torch* AdamW (passing a
-torch optimizer avoids JIT-building DeepSpeed's FusedAdam on CPU, stack-probe.md §2). By default it runs one
+torch optimizer avoids JIT-building DeepSpeed's FusedAdam on CPU, stack-probe.md §2; torch's own fused kernel is
+used where it applies). By default it runs one
 process on CPU with the gloo backend, setting the single-process variables (``RANK=0``, ``WORLD_SIZE=1``, ...)
 itself; under the ``deepspeed`` launcher or ``torchrun`` the variables are already set and N processes train
 data-parallel (nccl on GPUs).
@@ -102,7 +103,8 @@ class EMA:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
         self.updates = 0
-        self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+        self.shadow = {k: v.detach().float().clone(memory_format=torch.contiguous_format)
+                       for k, v in model.state_dict().items()}
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
@@ -173,7 +175,11 @@ def train(
     Args:
         model: the network (its weights are updated in place through the engine).
         param_groups: AdamW parameter groups, each with its ``lr`` (e.g. backbone 3e-4, heads 1e-4).
-        ds_params: the ``deepspeed`` params group (ZeRO stage, bf16, accumulation, backend).
+        ds_params: the ``deepspeed`` params group (ZeRO stage, bf16, accumulation, backend, and
+            ``channels_last``: 4-D batch tensors and 4-D weights in the NHWC memory layout, which oneDNN
+            convolutions run ~15-25 % faster on CPU, measured by ``scripts/bench_training.py``; values are
+            unchanged, and the returned module and the EMA are in the plain layout. With ZeRO 1-3, which keep
+            the weights in flat buffers, only the activations are NHWC).
         micro_batch: samples per process per micro-step.
         steps: optimizer steps in total (the run resumes towards this number).
         seed: base seed; step ``s`` on rank ``r`` draws from :func:`step_generator` ``(seed, s, r)``.
@@ -198,10 +204,17 @@ def train(
 
     rank, world = init_distributed(ds_params.get("dist_backend", "gloo"))
     cfg = deepspeed_config(ds_params, micro_batch, grad_clip)
-    optimizer = torch.optim.AdamW(param_groups, betas=(0.9, 0.999), weight_decay=weight_decay)
+    channels_last = bool(ds_params.get("channels_last", False))
+    optimizer = torch.optim.AdamW(param_groups, betas=(0.9, 0.999), weight_decay=weight_decay,
+                                  fused=_can_fuse_adamw(param_groups))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda) if lr_lambda else None
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
                                                            lr_scheduler=scheduler, config=cfg)
+    if channels_last and cfg["zero_optimization"]["stage"] == 0:
+        # 4-D weights in NHWC too, or oneDNN converts every dense 3x3 kernel at every call (the classifier's
+        # 1024x1024x3x3 kernels: ~0.7 s per paper-5d pre-training step). After initialize: DeepSpeed's initial
+        # broadcast views each weight as bytes, which needs the plain layout. ZeRO 1-3 own flat weight buffers.
+        engine.module.to(memory_format=torch.channels_last)
     accum = cfg["gradient_accumulation_steps"]
     ema = EMA(engine.module, ema_decay) if ema_decay else None
     dtype = torch.bfloat16 if cfg["bf16"]["enabled"] else torch.float32
@@ -244,7 +257,7 @@ def train(
         for micro in range(accum):
             gen = step_generator(seed, step * accum + micro, rank)
             batch = make_batch(gen, micro_batch)
-            batch = _cast(batch, dtype)
+            batch = _cast(batch, dtype, channels_last)
             loss, logs = compute_loss(engine, batch, gen)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}")
@@ -274,19 +287,37 @@ def train(
         bar.close()
     if steps > start:
         save(steps)
+    if channels_last and cfg["zero_optimization"]["stage"] == 0:
+        engine.module.to(memory_format=torch.contiguous_format)
     seconds = time.perf_counter() - t0
     result = TrainResult(step=steps, last=last, seconds=seconds,
                          images_per_second=images / seconds if seconds > 0 else 0.0, resumed_from=start)
     return engine.module, ema, result
 
 
-def _cast(batch: Any, dtype: torch.dtype) -> Any:
+def _can_fuse_adamw(param_groups: list[dict[str, Any]]) -> bool:
+    """True when torch's fused AdamW applies: every parameter floating-point on the CPU or a CUDA device.
+
+    The fused kernel updates each tensor in one pass instead of one pass per element-wise operation (on the CPU
+    about 2.5x faster for NAFNet paper-5d's 67.9 M parameters: 32 ms vs 80 ms per step); same update rule.
+    """
+    params = [p for group in param_groups for p in group["params"]]
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
+def _cast(batch: Any, dtype: torch.dtype, channels_last: bool = False) -> Any:
+    """Cast the floating-point tensors of a batch to ``dtype``; with ``channels_last``, 4-D floating-point tensors
+    (images ``[N, C, H, W]``) also get the NHWC memory layout (same shape and values, different strides)."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(dtype) if batch.is_floating_point() else batch
+        if not batch.is_floating_point():
+            return batch
+        if channels_last and batch.dim() == 4:
+            return batch.to(dtype=dtype, memory_format=torch.channels_last)
+        return batch.to(dtype)
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_cast(b, dtype) for b in batch)
+        return type(batch)(_cast(b, dtype, channels_last) for b in batch)
     if isinstance(batch, dict):
-        return {k: _cast(v, dtype) for k, v in batch.items()}
+        return {k: _cast(v, dtype, channels_last) for k, v in batch.items()}
     return batch
 
 

@@ -19,6 +19,18 @@ from maskdcpt.models import build_backbone, load_backbone_state_dict
 from maskdcpt.train import engine
 
 
+def finetune_loss(module: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
+                  gen: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """One fine-tuning loss evaluation (the engine's ``compute_loss``): ``L1(module(lq), gt)`` over all pixels.
+
+    ``batch`` is ``(lq, gt)``, both ``[N, 3, H, W]`` in [0, 1]; ``gen`` is unused (plain, unmasked forward).
+    Returns ``(scalar loss computed in fp32, {"loss": value})``.
+    """
+    lq, gt = batch
+    loss = F.l1_loss(module(lq).float(), gt.float())
+    return loss, {"loss": float(loss.detach())}
+
+
 def run_finetune(train_set: PairSet, *, model_cfg: dict[str, Any], cfg: dict[str, Any],
                  ds_params: dict[str, Any], seed: int, out_dir: Path, init: str = "random",
                  pretrained: Path | None = None, checkpoint_dir: Path | None = None,
@@ -52,15 +64,10 @@ def run_finetune(train_set: PairSet, *, model_cfg: dict[str, Any], cfg: dict[str
         lq, gt, _ = sample_batch(train_set, gen, n)
         return lq, gt
 
-    def compute_loss(module, batch, gen):
-        lq, gt = batch
-        loss = F.l1_loss(module(lq).float(), gt.float())
-        return loss, {"loss": float(loss.detach())}
-
     module, ema, result = engine.train(
         net, [{"params": list(net.parameters()), "lr": lr}], ds_params=ds_params,
         micro_batch=int(cfg["batch_size"]), steps=steps, seed=seed, make_batch=make_batch,
-        compute_loss=compute_loss, grad_clip=float(cfg.get("grad_clip", 0)),
+        compute_loss=finetune_loss, grad_clip=float(cfg.get("grad_clip", 0)),
         lr_lambda=engine.cosine_lambda(steps, lr, float(cfg.get("eta_min", 1e-6))),
         ema_decay=float(cfg.get("ema_decay", 0.999)), checkpoint_dir=checkpoint_dir,
         checkpoint_every=int(cfg.get("checkpoint_every", 0)), log_every=int(cfg.get("log_every", 10)),

@@ -30,6 +30,28 @@ def build_pretrain_model(model_cfg: dict[str, Any], num_classes: int, keep_ratio
                          recon_blocks=int(model_cfg.get("recon_blocks", 2)))
 
 
+def pretrain_loss(module: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                  gen: torch.Generator, alpha: float = 1.0, gamma: float = 2.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """One pre-training loss evaluation (the engine's ``compute_loss``): masked forward, ``alpha*L1 + focal``.
+
+    Args:
+        module: the (DeepSpeed-wrapped) :class:`MaskDCPTModel`; it draws the step's patch mask from ``gen``.
+        batch: ``(lq [N, 3, H, W], gt [N, 3, H, W], labels [N] int64 in [0, K))``, images in [0, 1].
+        gen: the step's generator (:func:`maskdcpt.train.engine.step_generator`).
+        alpha, gamma: L1 weight and focal exponent (paper: 1 and 2).
+
+    Returns:
+        ``(scalar loss, {"loss", "l1", "focal", "train_acc"})``; the loss is computed in fp32 (also under bf16).
+    """
+    lq, gt, y = batch
+    out = module(lq, generator=gen)
+    total, parts = maskdcpt_loss(out["restored"].float(), gt.float(), out["logits"].float(), y,
+                                 alpha=alpha, gamma=gamma)
+    acc = (out["logits"].argmax(1) == y).float().mean()
+    return total, {"loss": float(total.detach()), "l1": float(parts["l1"]), "focal": float(parts["focal"]),
+                   "train_acc": float(acc)}
+
+
 @torch.no_grad()
 def classification_accuracy(model: MaskDCPTModel, pairs: PairSet, num_classes: int, seed: int,
                             batch_size: int = 16) -> dict[str, float]:
@@ -73,13 +95,7 @@ def run_pretrain(train_set: PairSet, val_set: PairSet | None, *, num_classes: in
         return sample_batch(train_set, gen, n)
 
     def compute_loss(module, batch, gen):
-        lq, gt, y = batch
-        out = module(lq, generator=gen)
-        total, parts = maskdcpt_loss(out["restored"].float(), gt.float(), out["logits"].float(), y,
-                                     alpha=alpha, gamma=gamma)
-        acc = (out["logits"].argmax(1) == y).float().mean()
-        return total, {"loss": float(total.detach()), "l1": float(parts["l1"]), "focal": float(parts["focal"]),
-                       "train_acc": float(acc)}
+        return pretrain_loss(module, batch, gen, alpha=alpha, gamma=gamma)
 
     val_log: dict[str, float] = {}
 

@@ -1,6 +1,6 @@
 """Train a tiny NAFNet through the DeepSpeed engine; used by tests in a subprocess.
 
-usage: train_tiny.py OUT_DIR CKPT_DIR STEPS [--die-at STEP] [--resume MODE]
+usage: train_tiny.py OUT_DIR CKPT_DIR STEPS [--die-at STEP] [--resume MODE] [--channels-last] [--zero-stage N]
 With --die-at the process hard-exits (os._exit) when it is about to draw the batch of that step, like a kill.
 """
 import argparse
@@ -19,6 +19,8 @@ ap.add_argument("ckpt")
 ap.add_argument("steps", type=int)
 ap.add_argument("--die-at", type=int, default=-1)
 ap.add_argument("--resume", default="auto")
+ap.add_argument("--channels-last", action="store_true")
+ap.add_argument("--zero-stage", type=int, default=1)
 args = ap.parse_args()
 
 torch.manual_seed(0)
@@ -26,6 +28,7 @@ net = build_nafnet("tiny")
 data_gt = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 data_lq = (data_gt + 0.2 * torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(2))).clamp(0, 1)
 calls = {"n": 0}
+layouts = []
 
 
 def make_batch(gen, n):
@@ -38,17 +41,21 @@ def make_batch(gen, n):
 
 def compute_loss(module, batch, gen):
     lq, gt = batch
+    weight = module.module.intro.weight  # module is the DeepSpeed engine
+    layouts.append(all(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+                       for t in (lq, weight)))
     loss = F.l1_loss(module(lq), gt)
     return loss, {"loss": float(loss.detach())}
 
 
 losses = []
 module, ema, result = engine.train(
-    net, [{"params": list(net.parameters()), "lr": 1e-3}], ds_params={"zero_stage": 1}, micro_batch=4,
+    net, [{"params": list(net.parameters()), "lr": 1e-3}],
+    ds_params={"zero_stage": args.zero_stage, "channels_last": args.channels_last}, micro_batch=4,
     steps=args.steps, seed=5, make_batch=make_batch, compute_loss=compute_loss, grad_clip=1.0,
     lr_lambda=engine.cosine_lambda(args.steps, 1e-3, 1e-6), ema_decay=0.9, checkpoint_dir=Path(args.ckpt),
     checkpoint_every=2, resume=args.resume, log_every=1, on_log=lambda s, v: losses.append(v["loss"]),
     progress=False)
 engine.atomic_torch_save({"params": module.state_dict(), "params_ema": ema.shadow, "losses": losses,
-                          "resumed_from": result.resumed_from}, Path(args.out) / "final.pt")
+                          "channels_last": layouts, "resumed_from": result.resumed_from}, Path(args.out) / "final.pt")
 engine.shutdown_distributed()
