@@ -1,25 +1,36 @@
-"""CPU training throughput of MaskDCPT pre-training and fine-tuning steps, with FLOPs and a measured matmul peak.
+"""CPU training throughput of MaskDCPT pre-training and fine-tuning, with FLOPs and GEMM peaks measured in the run.
 
-usage: python scripts/bench_training.py [--configs cpu paper] [--json OUT.json] [--steps-cpu 3] [--steps-paper 1]
+usage: python scripts/bench_training.py [--configs cpu paper] [--variants fp32-nchw fp32-nhwc bf16-nhwc]
+                                        [--steps-cpu 5] [--steps-paper 3] [--zero-stage N] [--json OUT.json]
 
-For each configuration it measures, for one pre-training step (masked backbone + degradation classifier +
-token reconstruction head, L1 + focal loss, AdamW with the two learning rates) and one fine-tuning step (plain
-backbone, L1, gradient clipping 0.01, AdamW):
+Every measurement runs the pipeline's own training code: ``maskdcpt.train.pretrain.run_pretrain`` and
+``maskdcpt.train.finetune.run_finetune`` through the DeepSpeed engine (``deepspeed.initialize``, one process,
+gloo, the ZeRO stage of params.yaml unless ``--zero-stage``), with the recipe of params.yaml (AdamW, the
+pre-training loss alpha*L1 + focal on a masked forward; fine-tuning L1, cosine LR, gradient clipping, EMA) and
+the model group of params.yaml with the configuration's preset. Data: a pool of 16 random crops (the step's
+cost does not depend on pixel values). Per configuration, phase and variant it prints:
 
-* images/s (batch / median step time over ``--steps-*`` timed steps after ``--warmup-*`` untimed steps: 3 after
-  1 for ``cpu``, 1 after 0 for ``paper``);
-* peak resident memory (``resource.getrusage(RUSAGE_SELF).ru_maxrss``; each measurement runs in its own
-  child process so that the peak belongs to that measurement alone);
-* FLOPs per step (forward + backward, counted with ``torch.utils.flop_counter.FlopCounterMode`` on the
-  ``meta`` device, FLOPs = 2 x MACs; convs and matrix products only, the optimizer's element-wise update is
-  not counted);
-* achieved FLOP/s = FLOPs per step / step time, as a fraction of the fp32 ``torch.matmul`` peak measured in the
-  same run (a 2048 x 2048 x 2048 fp32 matmul, best of several, 2 n^3 FLOPs).
+* images/s = batch / median step time over ``--steps-*`` timed steps, after 1 + ``--warmup-*`` untimed steps
+  (the first holds oneDNN's kernel selection and allocations); step times are the gaps between the engine's
+  per-step log callbacks, so they include the optimizer, gradient clipping and the EMA update;
+* peak resident memory (``ru_maxrss`` of the child process that ran that measurement alone);
+* FLOPs per step (forward + backward of the same network and loss, ``torch.utils.flop_counter`` on the ``meta``
+  device, FLOPs = 2 x MACs, convolutions and matrix products only; the optimizer is not counted);
+* achieved FLOP/s = FLOPs per step / step time, as a fraction of the GEMM peak of the variant's precision.
 
-Configurations: ``cpu`` = NAFNet ``cpu-default``, 96x96 crops, batch 8 (the CPU defaults of params.yaml);
-``paper`` = NAFNet ``paper-5d`` (67.9 M parameters), 256x256 crops, batch 1 (the paper uses batch 16 on 4 GPUs;
-batch 1 keeps the CPU run short). Plain torch training steps in one process (no DeepSpeed engine: with one
-process and ZeRO 0 the engine adds no computation). The numbers depend on the machine's load.
+GEMM peaks (measured in this run, best of several repeats at the start and at the end): an n x n x n product
+(2 n^3 FLOPs, n = 2048) through ``torch.matmul`` (MKL sgemm in the CPU wheel) and through oneDNN (the same
+product as a 1x1 convolution, ``[1, n, n/32, 32]`` input in NCHW and in NHWC, the path NAFNet's 1x1 convolutions
+take), in fp32 and bf16. The peak of a precision is the faster of its two paths. On AMD CPUs MKL's sgemm takes a slower path than
+oneDNN (here about half as fast), so the fraction of the ``torch.matmul`` peak alone would overstate the
+efficiency; it is printed as well (``vs matmul``) for comparison with figures measured that way.
+
+Variants: ``fp32-nchw`` (plain layout), ``fp32-nhwc`` (``deepspeed.channels_last: true``, the params.yaml
+default), ``bf16-nhwc`` (``deepspeed.bf16: true``: bf16 module, fp32 master weights in the ZeRO optimizer;
+uses the CPU's bf16 instructions when it has them, e.g. avx512_bf16, and is very slow without).
+Configurations: ``cpu`` = NAFNet ``cpu-default``, 96x96 crops, batch 8 (the params.yaml defaults); ``paper`` =
+NAFNet ``paper-5d`` (67.9 M parameters), 256x256 crops, batch 1 (the paper trains batch 16 on 4 GPUs; larger
+CPU batches measured no faster per image). The numbers depend on the machine and on its load.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,100 +53,139 @@ CONFIGS = {
     "cpu": {"arch": "nafnet", "preset": "cpu-default", "crop": 96, "batch": 8},
     "paper": {"arch": "nafnet", "preset": "paper-5d", "crop": 256, "batch": 1},
 }
+VARIANTS = ("fp32-nchw", "fp32-nhwc", "bf16-nhwc")
 NUM_CLASSES = 5
+POOL = 16
 
 
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    """Best fp32 ``torch.matmul`` rate (FLOP/s) on an n x n x n product (2 n^3 FLOPs) over ``repeats`` runs."""
+def gemm_peaks(n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """Best FLOP/s of an n x n x n GEMM (2 n^3 FLOPs) per path: ``{fp32,bf16}_{matmul,onednn}``.
+
+    ``matmul`` = ``torch.matmul`` of two ``[n, n]`` matrices; ``onednn`` = ``F.conv2d`` of ``[1, n, n/32, 32]``
+    with a ``[n, n, 1, 1]`` weight (the same product, run by oneDNN), the faster of the NCHW and NHWC input
+    layouts. Raises ``ValueError`` unless 32 divides n.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if n % 32:
+        raise ValueError(f"n must be a multiple of 32, got {n}")
+
+    def best(fn) -> float:
+        fn()
+        t = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            t = min(t, time.perf_counter() - t0)
+        return 2 * n**3 / t
+
+    out = {}
+    for dtype, tag in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        x, w = torch.randn(1, n, n // 32, 32, dtype=dtype), torch.randn(n, n, 1, 1, dtype=dtype)
+        x_nhwc = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            out[f"{tag}_matmul"] = best(lambda: torch.matmul(a, b))
+            out[f"{tag}_onednn"] = max(best(lambda: F.conv2d(x, w)), best(lambda: F.conv2d(x_nhwc, w)))
+    return out
+
+
+def _random_pairs(crop: int):
+    import pandas as pd
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.matmul(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+    from maskdcpt.data.pairs import PairSet
+
+    g = torch.Generator().manual_seed(0)
+    return PairSet(lq=torch.rand(POOL, 3, crop, crop, generator=g), gt=torch.rand(POOL, 3, crop, crop, generator=g),
+                   labels=torch.randint(NUM_CLASSES, (POOL,), generator=g), rows=pd.DataFrame())
 
 
-def _build(phase: str, cfg: dict, device: str):
-    import torch
+def _count_step_flops(phase: str, model_cfg: dict, phase_cfg: dict, batch: int, crop: int) -> int:
+    """FLOPs of one forward + backward of the phase's network and loss, counted on the meta device.
 
-    from maskdcpt.models import MaskDCPTModel, build_backbone
-
-    with torch.device(device):
-        torch.manual_seed(0)
-        backbone = build_backbone(cfg["arch"], cfg["preset"])
-        if phase == "pretrain":
-            return MaskDCPTModel(backbone, num_classes=NUM_CLASSES, recon_head="token", recon_blocks=2)
-        return backbone
-
-
-def _step_fn(phase: str, model, batch: int, crop: int, device: str):
-    """Return ``step(with_optimizer: bool)`` doing forward + loss + backward (+ AdamW step)."""
+    The loss is the phase's (alpha*L1 + focal on the masked forward / L1 on the plain forward) written out here,
+    because the pipeline's loss functions read the loss value as a Python float, which meta tensors lack.
+    """
     import torch
     import torch.nn.functional as F
 
     from maskdcpt.losses import maskdcpt_loss
-    from maskdcpt.models import param_groups
+    from maskdcpt.models import build_backbone
+    from maskdcpt.models.summary import count_flops
+    from maskdcpt.train.pretrain import build_pretrain_model
 
-    g = torch.Generator().manual_seed(0)
-    lq = torch.rand(batch, 3, crop, crop, generator=g).to(device)
-    gt = torch.rand(batch, 3, crop, crop, generator=g).to(device)
-    labels = torch.randint(NUM_CLASSES, (batch,), generator=g).to(device)
-    if phase == "pretrain":
-        mask = model.sample_mask(batch, crop, crop, generator=g).to(device)
-        groups = param_groups(model, 3e-4, 1e-4) if device != "meta" else None
+    with torch.device("meta"):
+        if phase == "pretrain":
+            model = build_pretrain_model(model_cfg, NUM_CLASSES, float(phase_cfg.get("keep_ratio", 0.5)))
+        else:
+            model = build_backbone(model_cfg["arch"], model_cfg["preset"])
+        lq, gt = torch.empty(batch, 3, crop, crop), torch.empty(batch, 3, crop, crop)
+        labels = torch.zeros(batch, dtype=torch.long)
 
-        def loss_fn():
+    def step() -> None:
+        if phase == "pretrain":
+            # the meta device cannot draw the mask from a CPU generator: draw it on the CPU, then move it
+            mask = model.sample_mask(batch, crop, crop, generator=torch.Generator().manual_seed(0)).to("meta")
             out = model(lq, mask=mask)
-            return maskdcpt_loss(out["restored"], gt, out["logits"], labels)[0]
-    else:
-        groups = [{"params": list(model.parameters()), "lr": 3e-4}] if device != "meta" else None
-
-        def loss_fn():
-            return F.l1_loss(model(lq), gt)
-
-    opt = torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=0.0) if groups else None
-
-    def step(with_optimizer: bool = True) -> None:
-        loss = loss_fn()
+            loss = maskdcpt_loss(out["restored"], gt, out["logits"], labels,
+                                 alpha=float(phase_cfg.get("alpha", 1.0)),
+                                 gamma=float(phase_cfg.get("focal_gamma", 2.0)))[0]
+        else:
+            loss = F.l1_loss(model(lq), gt)
         loss.backward()
-        if with_optimizer and opt is not None:
-            if phase == "finetune":
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.01)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
 
-    return step
+    return count_flops(step)[0]
 
 
-def worker(phase: str, name: str, steps: int, warmup: int = 1) -> dict:
-    """One measurement in this process: FLOPs on meta, then ``warmup`` + ``steps`` timed real steps."""
+def worker(phase: str, name: str, variant: str, steps: int, warmup: int, zero_stage: int | None) -> dict:
+    """One measurement in this process: FLOPs on meta, then 1 + ``warmup`` + ``steps`` engine steps."""
     import torch
 
-    from maskdcpt.models.summary import count_flops, count_parameters
+    from maskdcpt.config import load_params
+    from maskdcpt.models.summary import count_parameters
+    from maskdcpt.train import engine
+    from maskdcpt.train.finetune import run_finetune
+    from maskdcpt.train.pretrain import run_pretrain
 
+    params = load_params(ROOT / "params.yaml")
     cfg = CONFIGS[name]
-    meta_model = _build(phase, cfg, "meta")
-    flops, _ = count_flops(lambda: _step_fn(phase, meta_model, cfg["batch"], cfg["crop"], "meta")(False))
-    del meta_model
-    model = _build(phase, cfg, "cpu")
-    model.train()
-    step = _step_fn(phase, model, cfg["batch"], cfg["crop"], "cpu")
-    for _ in range(warmup):  # allocations, oneDNN kernel selection
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
+    precision, layout = variant.split("-")
+    model_cfg = {**params["model"], "arch": cfg["arch"], "preset": cfg["preset"]}
+    ds = {**params["deepspeed"], "bf16": precision == "bf16", "channels_last": layout == "nhwc"}
+    if zero_stage is not None:
+        ds["zero_stage"] = zero_stage
+    total = 1 + warmup + steps
+    phase_cfg = {**params[phase], "steps": total, "batch_size": cfg["batch"], "log_every": 1, "eval_every": 0,
+                 "checkpoint_every": 0}
+    flops = _count_step_flops(phase, model_cfg, phase_cfg, cfg["batch"], cfg["crop"])
+    stamps: list[float] = []
+
+    def on_log(step: int, values: dict) -> None:
+        if "loss" in values:
+            stamps.append(time.perf_counter())
+
+    pairs = _random_pairs(cfg["crop"])
+    with tempfile.TemporaryDirectory() as tmp:
+        if phase == "pretrain":
+            run_pretrain(pairs, None, num_classes=NUM_CLASSES, model_cfg=model_cfg, cfg=phase_cfg, ds_params=ds,
+                         seed=0, out_dir=Path(tmp), on_log=on_log, progress=False)
+        else:
+            run_finetune(pairs, model_cfg=model_cfg, cfg=phase_cfg, ds_params=ds, seed=0, out_dir=Path(tmp),
+                         on_log=on_log, progress=False)
+    engine.shutdown_distributed()
+    if len(stamps) != total:
+        raise RuntimeError(f"expected {total} per-step log calls, got {len(stamps)}")
+    times = [b - a for a, b in zip(stamps, stamps[1:])][warmup:]
     sec = statistics.median(times)
+    from maskdcpt.models import build_backbone
+    n_params = count_parameters(build_backbone(cfg["arch"], cfg["preset"]))
     return {
-        "config": name, "phase": phase, **cfg, "parameters": count_parameters(model),
-        "threads": torch.get_num_threads(), "warmup_steps": warmup, "timed_steps": steps, "step_seconds": sec,
-        "images_per_second": cfg["batch"] / sec, "flops_per_step": flops, "achieved_flops_per_second": flops / sec,
+        "config": name, "phase": phase, "variant": variant, **cfg, "backbone_parameters": n_params,
+        "zero_stage": ds.get("zero_stage"), "threads": torch.get_num_threads(), "warmup_steps": 1 + warmup,
+        "timed_steps": steps, "step_seconds": sec, "step_seconds_all": times, "images_per_second": cfg["batch"] / sec,
+        "flops_per_step": flops, "achieved_flops_per_second": flops / sec,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -142,45 +193,57 @@ def worker(phase: str, name: str, steps: int, warmup: int = 1) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["cpu", "paper"])
-    ap.add_argument("--steps-cpu", type=int, default=3, help="timed steps for the cpu config (default 3)")
-    ap.add_argument("--steps-paper", type=int, default=1, help="timed steps for the paper config (default 1)")
-    ap.add_argument("--warmup-cpu", type=int, default=1, help="untimed warm-up steps, cpu config (default 1)")
-    ap.add_argument("--warmup-paper", type=int, default=0,
-                    help="untimed warm-up steps, paper config (default 0: a step takes minutes, so the one-off "
-                         "allocation/kernel-selection cost is a small part of it)")
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    ap.add_argument("--steps-cpu", type=int, default=5, help="timed steps for the cpu config (default 5)")
+    ap.add_argument("--steps-paper", type=int, default=3, help="timed steps for the paper config (default 3)")
+    ap.add_argument("--warmup-cpu", type=int, default=1, help="extra untimed steps, cpu config (default 1)")
+    ap.add_argument("--warmup-paper", type=int, default=1, help="extra untimed steps, paper config (default 1)")
+    ap.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), help="default: deepspeed.zero_stage of params.yaml")
     ap.add_argument("--json", type=Path, help="also write the results to this JSON file (atomic)")
-    ap.add_argument("--worker", nargs=4, metavar=("PHASE", "CONFIG", "STEPS", "WARMUP"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        phase, name, steps, warmup = args.worker
-        print(json.dumps(worker(phase, name, int(steps), int(warmup))))
+        phase, name, variant, steps, warmup, zero = args.worker
+        row = worker(phase, name, variant, int(steps), int(warmup), None if zero == "-" else int(zero))
+        print(json.dumps(row))
         return 0
+    if min(args.steps_cpu, args.steps_paper) < 1 or min(args.warmup_cpu, args.warmup_paper) < 0:
+        ap.error("--steps-* must be >= 1 and --warmup-* >= 0")
 
     import torch
 
     t_start = time.perf_counter()
-    peak = matmul_peak()
-    print(f"fp32 matmul peak (2048^3, {torch.get_num_threads()} threads): {peak / 1e9:.1f} GFLOP/s; "
-          f"os.cpu_count()={os.cpu_count()}; load average {os.getloadavg()[0]:.1f} (shared machine)", flush=True)
+    peaks = gemm_peaks()
+    print("GEMM peaks (2048^3, %d threads), GFLOP/s: " % torch.get_num_threads()
+          + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items())
+          + f"; os.cpu_count()={os.cpu_count()}; load average {os.getloadavg()[0]:.1f}", flush=True)
     rows = []
     for name in args.configs:
         steps = args.steps_cpu if name == "cpu" else args.steps_paper
         warmup = args.warmup_cpu if name == "cpu" else args.warmup_paper
         for phase in ("pretrain", "finetune"):
-            proc = subprocess.run([sys.executable, __file__, "--worker", phase, name, str(steps), str(warmup)],
-                                  capture_output=True, text=True, cwd=ROOT)
-            if proc.returncode != 0:
-                print(f"{name}/{phase} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
-                return 1
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
-            row["fraction_of_matmul_peak"] = row["achieved_flops_per_second"] / peak
-            rows.append(row)
-            print(f"{name:<6}{phase:<9} {row['preset']:<12}{row['crop']:>4}^2 batch {row['batch']:<3}"
-                  f"{row['images_per_second']:>9.3g} img/s  step {row['step_seconds']:7.2f} s  "
-                  f"{row['flops_per_step'] / 1e9:9.1f} GFLOP/step  {row['achieved_flops_per_second'] / 1e9:7.1f} "
-                  f"GFLOP/s = {100 * row['fraction_of_matmul_peak']:5.1f} % of peak  "
-                  f"peak RSS {row['peak_rss_mib']:7.0f} MiB", flush=True)
-    result = {"matmul_peak_flops_per_second": peak, "threads": torch.get_num_threads(),
+            for variant in args.variants:
+                zero = "-" if args.zero_stage is None else str(args.zero_stage)
+                proc = subprocess.run([sys.executable, __file__, "--worker", phase, name, variant, str(steps),
+                                       str(warmup), zero], capture_output=True, text=True, cwd=ROOT)
+                if proc.returncode != 0:
+                    print(f"{name}/{phase}/{variant} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+                    return 1
+                rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    end_peaks = gemm_peaks()
+    peaks = {k: max(v, end_peaks[k]) for k, v in peaks.items()}
+    for row in rows:
+        tag = row["variant"].split("-")[0]
+        row["gemm_peak_flops_per_second"] = max(peaks[f"{tag}_matmul"], peaks[f"{tag}_onednn"])
+        row["fraction_of_gemm_peak"] = row["achieved_flops_per_second"] / row["gemm_peak_flops_per_second"]
+        row["fraction_of_fp32_matmul_peak"] = row["achieved_flops_per_second"] / peaks["fp32_matmul"]
+        print(f"{row['config']:<6}{row['phase']:<9}{row['variant']:<10} {row['preset']:<12}{row['crop']:>4}^2 "
+              f"batch {row['batch']:<2} ZeRO-{row['zero_stage']} {row['images_per_second']:>8.3g} img/s  "
+              f"step {row['step_seconds']:6.2f} s {row['flops_per_step'] / 1e9:7.1f} GFLOP/step "
+              f"{row['achieved_flops_per_second'] / 1e9:6.1f} GFLOP/s = {100 * row['fraction_of_gemm_peak']:5.1f} % "
+              f"of the {tag} GEMM peak ({100 * row['fraction_of_fp32_matmul_peak']:5.1f} % vs fp32 matmul)  "
+              f"peak RSS {row['peak_rss_mib']:6.0f} MiB", flush=True)
+    result = {"gemm_peaks_flops_per_second": peaks, "threads": torch.get_num_threads(),
               "load_average_1min": os.getloadavg()[0], "seconds": time.perf_counter() - t_start, "rows": rows,
               "flop_convention": "FLOPs = 2 x MACs, FlopCounterMode, forward + backward, convs/matmuls only"}
     print(f"total {result['seconds']:.0f} s")

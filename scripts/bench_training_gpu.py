@@ -6,7 +6,7 @@ usage: python scripts/bench_training_gpu.py [--batch 16] [--crop 256] [--steps 2
 What it runs: MaskDCPT pre-training (NAFNet ``paper-5d`` backbone, degradation classifier, token reconstruction
 head; L1 + focal; AdamW backbone 3e-4 / heads 1e-4) and fine-tuning (plain NAFNet ``paper-5d``, L1, grad clip
 0.01, EMA 0.999) through :func:`maskdcpt.train.engine.train` with ``{"zero_stage": 2, "bf16": True,
-"dist_backend": "nccl"}``; synthetic batches already on the GPU (so the data pipeline is not measured); paper
+"dist_backend": "nccl", "channels_last": True}`` (``--layout nchw`` for the plain layout); synthetic batches already on the GPU (so the data pipeline is not measured); paper
 crop 256 and batch 16 (paper Sec. V) by default.
 
 What it prints: images/s over the timed steps (step ``warmup+1`` .. ``steps``; each step's end is taken when the
@@ -121,7 +121,8 @@ def bench(phase: str, args: argparse.Namespace) -> dict:
 
     stamps: list[float] = []
     _, _, result = engine.train(
-        model, groups, ds_params={"zero_stage": 2, "bf16": True, "dist_backend": "nccl"},
+        model, groups, ds_params={"zero_stage": 2, "bf16": True, "dist_backend": "nccl",
+                                  "channels_last": args.layout == "nhwc"},
         micro_batch=args.batch, steps=args.steps, seed=0, make_batch=make_batch, compute_loss=compute_loss,
         grad_clip=0.01 if phase == "finetune" else 0.0, ema_decay=0.999 if phase == "finetune" else None,
         checkpoint_dir=None, log_every=1, on_log=lambda s, v: stamps.append(time.perf_counter()), progress=False)
@@ -132,8 +133,8 @@ def bench(phase: str, args: argparse.Namespace) -> dict:
     flops = step_flops(phase, args.batch, args.crop)
     del model, backbone, lq_pool, gt_pool
     torch.cuda.empty_cache()
-    return {"phase": phase, "preset": PRESET, "batch": args.batch, "crop": args.crop, "timed_steps": steps,
-            "seconds": seconds, "images_per_second": images / seconds, "flops_per_step": flops,
+    return {"phase": phase, "preset": PRESET, "batch": args.batch, "crop": args.crop, "layout": args.layout,
+            "timed_steps": steps, "seconds": seconds, "images_per_second": images / seconds, "flops_per_step": flops,
             "achieved_flops_per_second": flops * steps / seconds,
             "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
 
@@ -144,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--crop", type=int, default=256, help="crop size in pixels (paper: 256)")
     ap.add_argument("--steps", type=int, default=20, help="steps per phase, warm-up included (default 20)")
     ap.add_argument("--warmup", type=int, default=5, help="steps excluded from the timing (default 5)")
+    ap.add_argument("--layout", choices=["nhwc", "nchw"], default="nhwc",
+                    help="activation memory layout (deepspeed.channels_last; default nhwc)")
     ap.add_argument("--phases", nargs="+", choices=["pretrain", "finetune"], default=["pretrain", "finetune"])
     ap.add_argument("--json", type=Path, help="also write the results to this JSON file (atomic)")
     args = ap.parse_args(argv)

@@ -1,6 +1,7 @@
 """Two-process DeepSpeed training on CPU (torchrun + gloo, ZeRO-2) and the consolidated fp32 export."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -109,22 +110,49 @@ def test_gpu_benchmark_fails_clearly_without_cuda():
     assert bad.returncode == 2 and "must exceed" in bad.stderr
 
 
-def test_benchmark_step_flops_are_forward_plus_backward():
-    """The benchmark counts FLOPs of a whole step on the meta device: backward of a conv net costs ~2x forward."""
+def _load_bench():
     import importlib.util
-
-    from maskdcpt.models.summary import count_flops
 
     spec = importlib.util.spec_from_file_location("bench_training", SCRIPTS / "bench_training.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    cfg = {"arch": "nafnet", "preset": "tiny", "crop": 32, "batch": 2}
-    model = bench._build("finetune", cfg, "meta")
-    step_total, _ = count_flops(lambda: bench._step_fn("finetune", model, 2, 32, "meta")(False))
-    x = torch.zeros(2, 3, 32, 32, device="meta")
+    return bench
+
+
+def test_benchmark_step_flops_are_forward_plus_backward():
+    """The benchmark counts FLOPs of a whole step on the meta device: backward of a conv net costs ~2x forward."""
+    from maskdcpt.models import build_backbone
+    from maskdcpt.models.summary import count_flops
+
+    bench = _load_bench()
+    model_cfg = {"arch": "nafnet", "preset": "tiny", "recon_head": "token", "recon_blocks": 1}
+    step_total = bench._count_step_flops("finetune", model_cfg, {}, 2, 32)
+    with torch.device("meta"):
+        model = build_backbone("nafnet", "tiny")
+        x = torch.zeros(2, 3, 32, 32)
     forward, _ = count_flops(lambda: model(x))
     assert 2.9 < step_total / forward < 3.0, step_total / forward  # < 3: the first conv needs no input grad
-    pre = bench._build("pretrain", cfg, "meta")
-    pre_total, _ = count_flops(lambda: bench._step_fn("pretrain", pre, 2, 32, "meta")(False))
+    pre_total = bench._count_step_flops("pretrain", model_cfg, {"keep_ratio": 0.5}, 2, 32)
     assert pre_total > step_total  # classifier + reconstruction head on top of the backbone
-    assert 1e8 < bench.matmul_peak(n=256, repeats=2) < 1e14
+    peaks = bench.gemm_peaks(n=256, repeats=2)
+    assert set(peaks) == {"fp32_matmul", "fp32_onednn", "bf16_matmul", "bf16_onednn"}
+    assert all(1e8 < v < 1e14 for v in peaks.values()), peaks
+    with pytest.raises(ValueError, match="multiple of 32"):
+        bench.gemm_peaks(n=100)
+
+
+@pytest.mark.slow
+def test_benchmark_script_runs_the_pipeline_training_steps(tmp_path):
+    """bench_training.py times real engine steps (pipeline code, params.yaml recipe) and writes its JSON."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "bench_training.py"), "--configs", "cpu", "--variants",
+                           "fp32-nhwc", "--steps-cpu", "2", "--warmup-cpu", "0", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [(r["phase"], r["variant"]) for r in result["rows"]] == [("pretrain", "fp32-nhwc"), ("finetune", "fp32-nhwc")]
+    for row in result["rows"]:
+        assert row["timed_steps"] == 2 and len(row["step_seconds_all"]) == 2 and row["step_seconds"] > 0
+        assert row["zero_stage"] == 0 and row["flops_per_step"] > 1e9  # params.yaml's ZeRO stage, a real step
+        assert 0 < row["fraction_of_gemm_peak"] < 2 and row["gemm_peak_flops_per_second"] > 1e9
+    assert "% of the fp32 GEMM peak" in proc.stdout
