@@ -180,7 +180,8 @@ def worker(phase: str, name: str, variant: str, steps: int, warmup: int, zero_st
     times = [b - a for a, b in zip(stamps, stamps[1:])][warmup:]
     sec = statistics.median(times)
     from maskdcpt.models import build_backbone
-    n_params = count_parameters(build_backbone(cfg["arch"], cfg["preset"]))
+    with torch.device("meta"):  # shapes only: no second copy of the weights
+        n_params = count_parameters(build_backbone(cfg["arch"], cfg["preset"]))
     return {
         "config": name, "phase": phase, "variant": variant, **cfg, "backbone_parameters": n_params,
         "zero_stage": ds.get("zero_stage"), "threads": torch.get_num_threads(), "warmup_steps": 1 + warmup,
