@@ -4,8 +4,8 @@ The science lives here (degradations, data, models, losses, metrics, training, e
 importable without prefect, dvc or mlflow; the orchestration lives in :mod:`pipelines`.
 """
 
-from maskdcpt.config import apply_env_defaults as _apply_env_defaults
+from maskdcpt.config import library_env_defaults as _library_env_defaults
 
 __version__ = "0.1.0"
 
-_apply_env_defaults()
+_library_env_defaults()

@@ -2,7 +2,9 @@
 
 Each subcommand lives in its own module under :mod:`maskdcpt.commands` exposing ``register(subparsers)``, which
 adds its parser and sets ``func`` (``args -> exit status``). Modules are discovered by name, so a new command is
-a new file; heavy imports happen inside the command function, never at parser construction.
+a new file; heavy imports happen inside the command function, never at parser construction. Commands of other
+installed packages join through the ``maskdcpt.commands`` entry-point group (the orchestration's ``pipeline`` and
+``study`` commands, from :mod:`pipelines`), so this library never imports the orchestration itself.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+from importlib.metadata import entry_points
 
 import maskdcpt
 import maskdcpt.commands as commands
@@ -25,6 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(f"maskdcpt.commands.{info.name}")
         module.register(sub)
+    for ep in sorted(entry_points(group="maskdcpt.commands"), key=lambda e: e.name):
+        try:
+            register = ep.load()
+        except ImportError as exc:  # an optional plugin whose dependencies are missing
+            print(f"maskdcpt: command {ep.name!r} unavailable: {exc}", file=sys.stderr)
+            continue
+        register(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Image I/O with explicit, documented conversions (design.md §5).
+"""Image I/O with explicit, documented conversions (docs/method.md §8).
 
 In memory every image is a ``float32`` array of shape ``(H, W, 3)``, RGB order, values in ``[0, 1]``.
 This module is the one place where files become such arrays and back:
@@ -37,17 +37,16 @@ Multi-frame files (GIF, multi-page TIFF) yield their first frame.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
 import struct
-import tempfile
 import warnings
 from pathlib import Path
-from typing import IO, Iterator
 
 import numpy as np
+
+from maskdcpt.atomic import atomic_open, atomic_write_bytes
 
 __all__ = [
     "ImageRejected",
@@ -106,46 +105,6 @@ def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk_size), b""):
             h.update(block)
     return h.hexdigest()
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file next to ``path``; on clean exit fsync it and ``os.replace`` it onto ``path``.
-
-    Readers therefore see either the old file or the complete new one, never a partial write. On an
-    exception the temporary file is removed and ``path`` is left untouched. The parent folder is created
-    if needed.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Make the rename durable (POSIX); silently skipped where directories cannot be opened.
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``)."""
-    with atomic_open(path, "wb") as f:
-        f.write(data)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """MaskDCPT losses: L_total = alpha * L1(restored, gt) + FocalLoss(logits, labels).
 
-Spec: ``shared/docs/maskdcpt-method.md`` §2 (paper Eq. 4-5; FocalLoss as in DCPT ``classify_loss.py``).
+Spec: ``docs/method.md`` §2 (paper Eq. 4-5; FocalLoss as in DCPT ``classify_loss.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ __all__ = ["FocalLoss", "focal_loss", "maskdcpt_loss"]
 
 
 def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
-    """Multi-class focal loss, mean over the batch (spec §2).
+    """Multi-class focal loss, mean over the batch (docs/method.md §2).
 
     ``log_p = log_softmax(logits)``, ``ce_i = -log_p[i, y_i]``, ``p_t = exp(-ce_i)``,
     ``loss = mean((1 - p_t) ** gamma * ce_i)``; no class weights, no label smoothing. ``gamma = 0`` is plain
@@ -66,13 +66,13 @@ def maskdcpt_loss(
     alpha: float = 1.0,
     gamma: float = 2.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Pre-training objective ``alpha * L1 + Focal`` (paper Eq. 5, alpha = 1 by default; spec §2).
+    """Pre-training objective ``alpha * L1 + Focal`` (paper Eq. 5, alpha = 1 by default; docs/method.md §2).
 
     L1 is the plain mean absolute error against the clean GT over **all** pixels (masked and visible).
 
     Args:
         restored: ``[B, C, H, W]`` prediction; gt: same shape, clean image in [0, 1].
-        logits: ``[B, K]``; labels: ``[B]`` class indices (sub-dataset index, spec §1.5).
+        logits: ``[B, K]``; labels: ``[B]`` class indices (sub-dataset index, docs/method.md §1.5).
         alpha: pixel-loss weight; gamma: focal gamma.
 
     Returns:

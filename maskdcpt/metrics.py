@@ -1,6 +1,6 @@
 """Full-reference image quality metrics with explicit conventions.
 
-Default convention (the paper's 5D protocol, maskdcpt-method.md §5.3): RGB, float images in [0, 1], both clamped
+Default convention (the paper's 5D protocol, docs/method.md §5.3): RGB, float images in [0, 1], both clamped
 to [0, 1], no border crop, no uint8 quantisation, computed per image and averaged over images.
 
 * PSNR = 10 log10(R^2 / MSE) with R = 1 (the data range), MSE over all pixels and channels.
@@ -52,7 +52,7 @@ def convention(channel: str = "rgb", quantize: str = "none", crop_border: int = 
     Keys: ``channel`` (``rgb``/``y``), ``range`` (``float[0,1]`` or ``uint8[0,255]``), ``clamp`` (bool),
     ``crop_border`` (pixels per side), ``quantize`` (``none``/``uint8``), ``average`` (``per-image``),
     ``ssim_window``, and ``y_formula`` when ``channel == "y"``. JSON-serialisable; store it beside every
-    number (design.md §5).
+    number (docs/method.md §8).
 
     Raises:
         ValueError: an unknown channel or quantisation, or a negative ``crop_border``.

@@ -30,6 +30,7 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 
 from maskdcpt.config import find_root, flatten, load_params
+from maskdcpt.atomic import atomic_write_text
 
 SOURCE_FINGERPRINT = Path("data/source.json")
 
@@ -96,10 +97,7 @@ def write_fingerprint(root: Path, fingerprint: dict[str, Any]) -> bool:
     text = json.dumps(fingerprint, indent=1, sort_keys=True) + "\n"
     if path.is_file() and path.read_text() == text:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     return True
 
 
@@ -163,7 +161,7 @@ def retrain(project_dir: str | None = None) -> dict[str, Any]:
 
     root = Path(project_dir or find_root()).resolve()
     params = load_params(root / "params.yaml")
-    exp_id = tracking.setup(params.get("tracking", {}).get("experiment", "maskdcpt"), root)
+    exp_id = tracking.setup(params["tracking"]["experiment"], root)
     client = mlflow.MlflowClient()
     parent = client.create_run(exp_id, run_name=time.strftime("retrain-%Y%m%d-%H%M%S"),
                                tags={tracking.ROLE_TAG: "pipeline", "git_commit": tracking.git_commit(root),
@@ -212,15 +210,16 @@ def make_shard(project_dir: str, split: str, k: int) -> int:
     """Make (or find finished) training shard ``k`` of ``split`` in the synthesis staging folder; return its
     number of pairs. Idempotent: a finished shard of the same plan and code is not redone."""
     from maskdcpt.data.synthesize import synthesize_training_shard
-    from pipelines.stages import _classes, _photos, synthesis_staging, training_split_args
+    from pipelines.stages.common import photos_frame, task_classes
+    from pipelines.stages.synthesize import synthesis_staging, training_split_args
 
     root = Path(project_dir)
     params = load_params(root / "params.yaml")
     s = params["synthesize"]
-    photos = _photos(root)
+    photos = photos_frame(root)
     pool = photos[photos["split"] == "train"].reset_index(drop=True)
     args = training_split_args(params, root, split)
-    _, rows = synthesize_training_shard(pool, _classes(params), args["pairs_per_class"], int(s["crop"]),
+    _, rows = synthesize_training_shard(pool, task_classes(params), args["pairs_per_class"], int(s["crop"]),
                                         args["seed"], synthesis_staging(params, root), int(k), split=split,
                                         shard_size=int(s["shard_size"]))
     return len(rows)
@@ -236,15 +235,16 @@ def synthesize_shards(project_dir: str | None = None, split: str = "train", star
     import math
 
     from maskdcpt.data.synthesize import plan_training_pairs
-    from pipelines.stages import _classes, _photos, training_split_args
+    from pipelines.stages.common import photos_frame, task_classes
+    from pipelines.stages.synthesize import training_split_args
 
     root = Path(project_dir or find_root()).resolve()
     params = load_params(root / "params.yaml")
     s = params["synthesize"]
-    photos = _photos(root)
+    photos = photos_frame(root)
     pool = photos[photos["split"] == "train"].reset_index(drop=True)
     args = training_split_args(params, root, split)
-    plan = plan_training_pairs(pool, _classes(params), args["pairs_per_class"], int(s["crop"]), args["seed"],
+    plan = plan_training_pairs(pool, task_classes(params), args["pairs_per_class"], int(s["crop"]), args["seed"],
                                split=split)
     n_shards = math.ceil(len(plan) / int(s["shard_size"]))
     ks = list(range(max(start, 0), min(stop if stop is not None else n_shards, n_shards)))

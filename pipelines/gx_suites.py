@@ -1,6 +1,6 @@
 """Great Expectations data contracts: the pair-manifest suite (validate stage) and the benchmark-result suite.
 
-GX 1.x API with an ephemeral context (no files, no network; stack-probe.md §6). Each suite runs on a pandas
+GX 1.x API with an ephemeral context (no files, no network; docs/stack.md §6). Each suite runs on a pandas
 DataFrame; :func:`run_suite` returns a plain-dict report (success, statistics, every expectation with its
 observed/unexpected values) that :func:`render_html` turns into a readable page.
 """

@@ -1,15 +1,18 @@
 """MLflow tracking for the pipeline: one parent run per pipeline run, one nested run per stage.
 
-How runs are grouped when every stage is its own process (``dvc repro`` runs each stage command separately):
+Who owns the parent run (every stage is its own process under ``dvc repro``):
 
-* ``MASKDCPT_PARENT_RUN_ID`` set (the Prefect retraining flow sets it): stages nest under that run.
-* otherwise the newest parent run of the experiment that is still ``RUNNING`` (tag ``maskdcpt.role=pipeline``)
-  is reused, or a new one is created. The ``register`` stage, the last one, ends it ``FINISHED``; a failing
-  stage ends it ``FAILED``. So each ``dvc repro`` that runs at least one stage makes exactly one parent run.
+* the Prefect retraining flow creates it, passes it down in ``MASKDCPT_PARENT_RUN_ID`` and ends it;
+* under ``dvc repro`` / ``dvc exp run`` the first stage of that DVC invocation creates it, tagged with the
+  invocation (the DVC process's pid and start time, :func:`invocation_id`); later stages of the same invocation
+  nest under it, the ``register`` stage ends it, and a stage of a *later* invocation never reuses it: a parent
+  left ``RUNNING`` by an invocation whose DVC process is gone (e.g. a lone ``dvc repro evaluate``) is ended
+  ``FINISHED`` when the next invocation starts;
+* a stage run by hand (``python -m pipelines.stage NAME``) owns a parent of its own and ends it.
 
-Default store: ``sqlite:///<repo>/mlflow.db`` with artifacts under ``<repo>/mlartifacts`` (override with
-``MLFLOW_TRACKING_URI``; at scale an ``mlflow server``). SQLite takes one writer at a time: concurrent
-pipeline runs should use a tracking server, which handles concurrency (README, "Scaling out").
+A failing stage ends its parent ``FAILED``. Default store: ``sqlite:///<project>/mlflow.db`` with artifacts under
+``<project>/mlartifacts`` (override with ``MLFLOW_TRACKING_URI``; at scale an ``mlflow server``). SQLite takes
+one writer at a time: concurrent pipeline runs should use a tracking server (README, "Scaling out").
 """
 
 from __future__ import annotations
@@ -91,25 +94,63 @@ def dvc_lock_hashes(root: Path | None = None) -> dict[str, str]:
     return tags
 
 
-def _open_parent(client, experiment_id: str, params: dict[str, Any]) -> str:
+INVOCATION_TAG = "maskdcpt.invocation"
+
+
+def _process_key(proc) -> str:
+    return f"{proc.pid}-{int(proc.create_time())}"
+
+
+def invocation_id() -> tuple[str, bool]:
+    """``(key, owned)``: the key of the DVC process (``dvc repro``, ``dvc exp run``) this stage runs under, found
+    among the process's ancestors, with ``owned=False``; or this process's own key with ``owned=True``."""
+    import psutil
+
+    me = psutil.Process()
+    with contextlib.suppress(psutil.Error):
+        for proc in me.parents():
+            cmd = " ".join(proc.cmdline()[:4])
+            if re.search(r"(^|[/\s])dvc(\.exe)?\s+(repro|exp\s+run)\b", cmd) or re.search(
+                    r"\bdvc(/__main__\.py)?\s+(repro|exp)\b", cmd):
+                return _process_key(proc), False
+    return _process_key(me), True
+
+
+def _alive(key: str) -> bool:
+    import psutil
+
+    pid, _, started = key.partition("-")
+    try:
+        return _process_key(psutil.Process(int(pid))) == key
+    except (psutil.Error, ValueError):
+        return False
+
+
+def _open_parent(client, experiment_id: str, params: dict[str, Any]) -> tuple[str, bool]:
+    """``(run_id, owned)``: the parent run this stage nests under, and whether this stage must end it."""
     run_id = os.environ.get(PARENT_ENV)
     if run_id:
-        return run_id
-    runs = client.search_runs(
+        return run_id, False
+    key, owned = invocation_id()
+    running = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{ROLE_TAG}` = 'pipeline' and attributes.status = 'RUNNING'",
         order_by=["attributes.start_time DESC"],
-        max_results=1,
+        max_results=50,
     )
-    if runs:
-        return runs[0].info.run_id
+    for run in running:
+        other = run.data.tags.get(INVOCATION_TAG, "")
+        if other == key:
+            return run.info.run_id, owned
+        if not _alive(other):  # left open by an invocation that is over (e.g. a lone `dvc repro evaluate`)
+            client.set_terminated(run.info.run_id, "FINISHED")
     run = client.create_run(
         experiment_id,
         run_name=time.strftime("pipeline-%Y%m%d-%H%M%S"),
-        tags={ROLE_TAG: "pipeline", "git_commit": git_commit()},
+        tags={ROLE_TAG: "pipeline", INVOCATION_TAG: key, "git_commit": git_commit()},
     )
     log_params(client, run.info.run_id, flatten(params))
-    return run.info.run_id
+    return run.info.run_id, owned
 
 
 def log_params(client, run_id: str, flat: dict[str, Any]) -> None:
@@ -132,14 +173,14 @@ def end_pipeline(status: str = "FINISHED") -> None:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: dict[str, Any], sections: list[str] | None = None,
+def stage_run(stage: str, params: dict[str, Any], stage_params: dict[str, Any] | None = None,
               root: Path | None = None) -> Iterator[Any]:
-    """Open the stage's nested MLflow run under the pipeline's parent run.
+    """Open the stage's nested MLflow run under the pipeline's parent run (see the module docstring).
 
     Args:
         stage: the DVC stage name (e.g. ``finetune@maskdcpt``), also the run name.
-        params: the whole ``params.yaml``; the parent run gets all of it, the stage run the ``sections``.
-        sections: top-level params groups this stage reads (default: all).
+        params: the whole validated params; the parent run gets all of it.
+        stage_params: the params the stage run logs (the groups dvc.yaml tracks for it; default: all).
 
     Yields:
         The active :class:`mlflow.ActiveRun`. A failure inside the block marks the stage run and the parent run
@@ -148,18 +189,19 @@ def stage_run(stage: str, params: dict[str, Any], sections: list[str] | None = N
     import mlflow
 
     root = Path(root or find_root())
-    exp_id = setup(params.get("tracking", {}).get("experiment", "maskdcpt"), root)
+    exp_id = setup(params["tracking"]["experiment"], root)
     client = mlflow.MlflowClient()
-    parent = _open_parent(client, exp_id, params)
+    parent, owned = _open_parent(client, exp_id, params)
     tags = {"git_commit": git_commit(root), "maskdcpt.stage": stage, **dvc_lock_hashes(root)}
-    chosen = {k: params[k] for k in (sections or params) if k in params}
     system = stage.split("@")[0] in SYSTEM_METRICS_STAGES
     with mlflow.start_run(experiment_id=exp_id, run_name=stage, parent_run_id=parent, tags=tags,
                           log_system_metrics=system) as run:
-        log_params(client, run.info.run_id, flatten(chosen))
+        log_params(client, run.info.run_id, flatten(params if stage_params is None else stage_params))
         try:
             yield run
         except BaseException:
             if not os.environ.get(PARENT_ENV):
                 client.set_terminated(parent, "FAILED")
             raise
+    if owned:
+        client.set_terminated(parent, "FINISHED")

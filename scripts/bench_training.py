@@ -2,6 +2,7 @@
 
 usage: python scripts/bench_training.py [--configs cpu paper] [--variants fp32-nchw fp32-nhwc bf16-nhwc]
                                         [--steps-cpu 5] [--steps-paper 3] [--zero-stage N] [--json OUT.json]
+                                        [--allow-emulated-bf16]
 
 Every measurement runs the pipeline's own training code: ``maskdcpt.train.pretrain.run_pretrain`` and
 ``maskdcpt.train.finetune.run_finetune`` through the DeepSpeed engine (``deepspeed.initialize``, one process,
@@ -27,7 +28,10 @@ efficiency; it is printed as well (``vs matmul``) for comparison with figures me
 
 Variants: ``fp32-nchw`` (plain layout), ``fp32-nhwc`` (``deepspeed.channels_last: true``, the params.yaml
 default), ``bf16-nhwc`` (``deepspeed.bf16: true``: bf16 module, fp32 master weights in the ZeRO optimizer;
-uses the CPU's bf16 instructions when it has them, e.g. avx512_bf16, and is very slow without).
+uses the CPU's bf16 instructions when it has them, e.g. avx512_bf16, and is very slow without). Without native
+bf16 (neither ``avx512_bf16`` nor ``amx_bf16`` among the ``/proc/cpuinfo`` flags) the bf16 variants are skipped
+with a line saying so (``--allow-emulated-bf16`` runs them anyway), and GEMM peaks are measured only for the
+precisions of the variants that run.
 Configurations: ``cpu`` = NAFNet ``cpu-default``, 96x96 crops, batch 8 (the params.yaml defaults); ``paper`` =
 NAFNet ``paper-5d`` (67.9 M parameters), 256x256 crops, batch 1 (the paper trains batch 16 on 4 GPUs; larger
 CPU batches measured no faster per image). The numbers depend on the machine and on its load.
@@ -58,8 +62,25 @@ NUM_CLASSES = 5
 POOL = 16
 
 
-def gemm_peaks(n: int = 2048, repeats: int = 5) -> dict[str, float]:
-    """Best FLOP/s of an n x n x n GEMM (2 n^3 FLOPs) per path: ``{fp32,bf16}_{matmul,onednn}``.
+def native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU has bf16 instructions: ``avx512_bf16`` or ``amx_bf16`` among the ``flags`` of
+    ``/proc/cpuinfo`` (``cpuinfo``: that file's text; read when ``None``; ``False`` when it cannot be read)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def gemm_peaks(n: int = 2048, repeats: int = 5, precisions: tuple[str, ...] = ("fp32", "bf16")) -> dict[str, float]:
+    """Best FLOP/s of an n x n x n GEMM (2 n^3 FLOPs) per path: ``{precision}_{matmul,onednn}`` for each of
+    ``precisions`` (``fp32``, ``bf16``).
 
     ``matmul`` = ``torch.matmul`` of two ``[n, n]`` matrices; ``onednn`` = ``F.conv2d`` of ``[1, n, n/32, 32]``
     with a ``[n, n, 1, 1]`` weight (the same product, run by oneDNN), the faster of the NCHW and NHWC input
@@ -70,6 +91,8 @@ def gemm_peaks(n: int = 2048, repeats: int = 5) -> dict[str, float]:
 
     if n % 32:
         raise ValueError(f"n must be a multiple of 32, got {n}")
+    if not precisions or set(precisions) - {"fp32", "bf16"}:
+        raise ValueError(f"precisions must be a non-empty subset of ('fp32', 'bf16'), got {precisions}")
 
     def best(fn) -> float:
         fn()
@@ -82,6 +105,8 @@ def gemm_peaks(n: int = 2048, repeats: int = 5) -> dict[str, float]:
 
     out = {}
     for dtype, tag in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        if tag not in precisions:
+            continue
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         x, w = torch.randn(1, n, n // 32, 32, dtype=dtype), torch.randn(n, n, 1, 1, dtype=dtype)
         x_nhwc = x.contiguous(memory_format=torch.channels_last)
@@ -118,7 +143,7 @@ def _count_step_flops(phase: str, model_cfg: dict, phase_cfg: dict, batch: int, 
 
     with torch.device("meta"):
         if phase == "pretrain":
-            model = build_pretrain_model(model_cfg, NUM_CLASSES, float(phase_cfg.get("keep_ratio", 0.5)))
+            model = build_pretrain_model(model_cfg, NUM_CLASSES, phase_cfg["keep_ratio"])
         else:
             model = build_backbone(model_cfg["arch"], model_cfg["preset"])
         lq, gt = torch.empty(batch, 3, crop, crop), torch.empty(batch, 3, crop, crop)
@@ -130,8 +155,8 @@ def _count_step_flops(phase: str, model_cfg: dict, phase_cfg: dict, batch: int, 
             mask = model.sample_mask(batch, crop, crop, generator=torch.Generator().manual_seed(0)).to("meta")
             out = model(lq, mask=mask)
             loss = maskdcpt_loss(out["restored"], gt, out["logits"], labels,
-                                 alpha=float(phase_cfg.get("alpha", 1.0)),
-                                 gamma=float(phase_cfg.get("focal_gamma", 2.0)))[0]
+                                 alpha=phase_cfg["alpha"],
+                                 gamma=phase_cfg["focal_gamma"])[0]
         else:
             loss = F.l1_loss(model(lq), gt)
         loss.backward()
@@ -143,7 +168,7 @@ def worker(phase: str, name: str, variant: str, steps: int, warmup: int, zero_st
     """One measurement in this process: FLOPs on meta, then 1 + ``warmup`` + ``steps`` engine steps."""
     import torch
 
-    from maskdcpt.config import load_params
+    from pipelines.params import load_params
     from maskdcpt.models.summary import count_parameters
     from maskdcpt.train import engine
     from maskdcpt.train.finetune import run_finetune
@@ -184,7 +209,7 @@ def worker(phase: str, name: str, variant: str, steps: int, warmup: int, zero_st
         n_params = count_parameters(build_backbone(cfg["arch"], cfg["preset"]))
     return {
         "config": name, "phase": phase, "variant": variant, **cfg, "backbone_parameters": n_params,
-        "zero_stage": ds.get("zero_stage"), "threads": torch.get_num_threads(), "warmup_steps": 1 + warmup,
+        "zero_stage": ds["zero_stage"], "threads": torch.get_num_threads(), "warmup_steps": 1 + warmup,
         "timed_steps": steps, "step_seconds": sec, "step_seconds_all": times, "images_per_second": cfg["batch"] / sec,
         "flops_per_step": flops, "achieved_flops_per_second": flops / sec,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -201,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-paper", type=int, default=1, help="extra untimed steps, paper config (default 1)")
     ap.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), help="default: deepspeed.zero_stage of params.yaml")
     ap.add_argument("--json", type=Path, help="also write the results to this JSON file (atomic)")
+    ap.add_argument("--allow-emulated-bf16", action="store_true",
+                    help="run the bf16 variants even on a CPU without avx512_bf16/amx_bf16 (very slow)")
     ap.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -214,7 +241,28 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     t_start = time.perf_counter()
-    peaks = gemm_peaks()
+    variants, skipped = list(args.variants), []
+    if any(v.startswith("bf16") for v in variants) and not args.allow_emulated_bf16 and not native_bf16():
+        skipped = [v for v in variants if v.startswith("bf16")]
+        variants = [v for v in variants if v not in skipped]
+        print(f"skipped {', '.join(skipped)}: this CPU has no native bf16 (no avx512_bf16 or amx_bf16 in "
+              "/proc/cpuinfo), so bf16 would be emulated and very slow; --allow-emulated-bf16 runs it anyway",
+              flush=True)
+    precisions = tuple(p for p in ("fp32", "bf16") if any(v.startswith(p) for v in variants))
+    result = {"threads": torch.get_num_threads(), "skipped_variants": skipped,
+              "flop_convention": "FLOPs = 2 x MACs, FlopCounterMode, forward + backward, convs/matmuls only"}
+    if not variants:
+        print("nothing left to measure")
+        result.update(gemm_peaks_flops_per_second={}, rows=[], load_average_1min=os.getloadavg()[0],
+                      seconds=time.perf_counter() - t_start)
+        if args.json:
+            from maskdcpt.atomic import atomic_write_json
+
+            atomic_write_json(args.json, result)
+        return 0
+    if "bf16" not in precisions:
+        print("bf16 GEMM peak not measured: no bf16 variant runs", flush=True)
+    peaks = gemm_peaks(precisions=precisions)
     print("GEMM peaks (2048^3, %d threads), GFLOP/s: " % torch.get_num_threads()
           + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peaks.items())
           + f"; os.cpu_count()={os.cpu_count()}; load average {os.getloadavg()[0]:.1f}", flush=True)
@@ -223,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = args.steps_cpu if name == "cpu" else args.steps_paper
         warmup = args.warmup_cpu if name == "cpu" else args.warmup_paper
         for phase in ("pretrain", "finetune"):
-            for variant in args.variants:
+            for variant in variants:
                 zero = "-" if args.zero_stage is None else str(args.zero_stage)
                 proc = subprocess.run([sys.executable, __file__, "--worker", phase, name, variant, str(steps),
                                        str(warmup), zero], capture_output=True, text=True, cwd=ROOT)
@@ -231,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{name}/{phase}/{variant} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
                     return 1
                 rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    end_peaks = gemm_peaks()
+    end_peaks = gemm_peaks(precisions=precisions)
     peaks = {k: max(v, end_peaks[k]) for k, v in peaks.items()}
     for row in rows:
         tag = row["variant"].split("-")[0]
@@ -244,15 +292,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['achieved_flops_per_second'] / 1e9:6.1f} GFLOP/s = {100 * row['fraction_of_gemm_peak']:5.1f} % "
               f"of the {tag} GEMM peak ({100 * row['fraction_of_fp32_matmul_peak']:5.1f} % vs fp32 matmul)  "
               f"peak RSS {row['peak_rss_mib']:6.0f} MiB", flush=True)
-    result = {"gemm_peaks_flops_per_second": peaks, "threads": torch.get_num_threads(),
-              "load_average_1min": os.getloadavg()[0], "seconds": time.perf_counter() - t_start, "rows": rows,
-              "flop_convention": "FLOPs = 2 x MACs, FlopCounterMode, forward + backward, convs/matmuls only"}
+    result.update(gemm_peaks_flops_per_second=peaks, load_average_1min=os.getloadavg()[0],
+                  seconds=time.perf_counter() - t_start, rows=rows)
     print(f"total {result['seconds']:.0f} s")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(f".{args.json.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, args.json)
+        from maskdcpt.atomic import atomic_write_json
+
+        atomic_write_json(args.json, result)
     return 0
 
 

@@ -21,8 +21,6 @@ Without a CUDA device it exits with status 2 and a one-line message on stderr (n
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -54,18 +52,33 @@ def bf16_matmul_peak(n: int = 8192, repeats: int = 10) -> float:
     return 2 * n**3 / best
 
 
+def model_params() -> dict:
+    """The ``model`` params group of the schema (its defaults, the pipeline's head) with the paper-5d preset."""
+    from pipelines.params import ModelParams
+
+    return ModelParams(preset=PRESET).model_dump()
+
+
+def pretrain_params():
+    """The schema's ``pretrain`` group overlaid with presets/paper-5d.yaml (lr, keep ratio, loss weights)."""
+    from pipelines.params import load_typed
+
+    return load_typed(Path(__file__).resolve().parents[1] / "params.yaml", {"preset": "paper-5d"}).pretrain
+
+
 def step_flops(phase: str, batch: int, crop: int) -> int:
     """Forward + backward FLOPs of one step, counted on the meta device (no GPU memory, no compute)."""
     import torch
     import torch.nn.functional as F
 
     from maskdcpt.losses import maskdcpt_loss
-    from maskdcpt.models import MaskDCPTModel, build_backbone
+    from maskdcpt.models import build_backbone
     from maskdcpt.models.summary import count_flops
+    from maskdcpt.train.pretrain import build_pretrain_model
 
     with torch.device("meta"):
-        backbone = build_backbone("nafnet", PRESET)
-        model = MaskDCPTModel(backbone, NUM_CLASSES) if phase == "pretrain" else backbone
+        model = (build_pretrain_model(model_params(), NUM_CLASSES, pretrain_params().keep_ratio)
+                 if phase == "pretrain" else build_backbone("nafnet", PRESET))
         lq = torch.zeros(batch, 3, crop, crop)
         gt = torch.zeros(batch, 3, crop, crop)
         labels = torch.zeros(batch, dtype=torch.long)
@@ -88,17 +101,18 @@ def bench(phase: str, args: argparse.Namespace) -> dict:
     import torch.nn.functional as F
 
     from maskdcpt.losses import maskdcpt_loss
-    from maskdcpt.models import MaskDCPTModel, build_backbone, param_groups
+    from maskdcpt.models import build_backbone, param_groups
     from maskdcpt.train import engine
+    from maskdcpt.train.pretrain import build_pretrain_model
 
     torch.manual_seed(0)
     torch.cuda.reset_peak_memory_stats()
-    backbone = build_backbone("nafnet", PRESET)
-    if phase == "pretrain":
-        model = MaskDCPTModel(backbone, NUM_CLASSES)
-        groups = param_groups(model, 3e-4, 1e-4)
+    pre = pretrain_params()
+    if phase == "pretrain":  # the head exactly as the pipeline trains it (params schema, paper-5d model preset)
+        model = build_pretrain_model(model_params(), NUM_CLASSES, pre.keep_ratio)
+        groups = param_groups(model, pre.backbone_lr, pre.head_lr)
     else:
-        model = backbone
+        model = build_backbone("nafnet", PRESET)
         groups = [{"params": list(model.parameters()), "lr": 3e-4}]
     pool = 4 * args.batch
     g = torch.Generator().manual_seed(1)
@@ -131,7 +145,7 @@ def bench(phase: str, args: argparse.Namespace) -> dict:
     steps = len(timed) if args.warmup > 0 else args.steps
     images = steps * args.batch
     flops = step_flops(phase, args.batch, args.crop)
-    del model, backbone, lq_pool, gt_pool
+    del model, lq_pool, gt_pool
     torch.cuda.empty_cache()
     return {"phase": phase, "preset": PRESET, "batch": args.batch, "crop": args.crop, "layout": args.layout,
             "timed_steps": steps, "seconds": seconds, "images_per_second": images / seconds, "flops_per_step": flops,
@@ -181,11 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         engine.shutdown_distributed()
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(f".{args.json.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"device": name, "bf16_matmul_peak_flops_per_second": peak, "rows": rows},
-                                  indent=2))
-        os.replace(tmp, args.json)
+        from maskdcpt.atomic import atomic_write_json
+
+        atomic_write_json(args.json, {"device": name, "bf16_matmul_peak_flops_per_second": peak, "rows": rows})
     return 0
 
 

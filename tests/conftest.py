@@ -32,7 +32,7 @@ TINY = {
 
 
 def tiny_params(overrides: dict | None = None) -> dict:
-    from maskdcpt.config import load_params
+    from pipelines.params import load_params
 
     return load_params(REPO / "params.yaml", {**TINY, **(overrides or {})})
 

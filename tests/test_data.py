@@ -517,7 +517,7 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 
 def test_interrupted_synthesis_resumes_to_identical_output(prepared, tmp_path, monkeypatch):
-    import maskdcpt.data.synthesize as synth
+    import maskdcpt.data.shard_jobs as synth  # where shards are written
 
     _, manifest = prepared
     args = (manifest, FIVE_D, 4, 48, 7)

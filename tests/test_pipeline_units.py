@@ -3,10 +3,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from maskdcpt.config import flatten, load_params, set_dotted
+from pipelines.params import ParamsError, flatten, load_params, set_dotted
 from pipelines.gx_suites import render_html, validate_manifest
 from pipelines.registry import decide
-from pipelines.stages import atomic_dir, markdown_table
+from maskdcpt.atomic import atomic_dir
+from pipelines.stages.report import markdown_table
 
 CLASSES = ["rain", "gaussian_noise"]
 
@@ -88,8 +89,10 @@ def test_atomic_dir_keeps_old_output_on_failure(tmp_path):
 def test_params_overrides_and_flatten():
     params = load_params(Path(__file__).parents[1] / "params.yaml", {"pretrain.steps": 3})
     assert params["pretrain"]["steps"] == 3
-    with pytest.raises(KeyError):
-        set_dotted(params, "nosuch.group.x", 1)
+    with pytest.raises(ParamsError, match="unknown parameter 'nosuch'"):
+        load_params(Path(__file__).parents[1] / "params.yaml", {"nosuch.group.x": 1})
+    with pytest.raises(ValueError, match="is a value, not a group"):
+        set_dotted(params, "seed.x", 1)
     assert flatten({"a": {"b": 1}, "c": [1, 2]}) == {"a.b": 1, "c": [1, 2]}
 
 
@@ -119,5 +122,5 @@ def test_params_preset_overlay(tmp_path):
     assert paper["training_sets"]["sets"]["rain200l"]["repeat"] == 300
     assert paper["finetune"]["variants"] == base["finetune"]["variants"]  # untouched keys are kept
     (tmp_path / "params.yaml").write_text(text.replace("preset: paper-5d", "preset: nosuch", 1))
-    with pytest.raises(FileNotFoundError, match="paper-5d"):
+    with pytest.raises(ParamsError, match="paper-5d"):
         load_params(tmp_path / "params.yaml")

@@ -1,6 +1,6 @@
 """Synthesis of degraded/clean pairs from the prepared photos, written as tar shards plus a manifest.
 
-Seeds (design.md §5: every random choice derives from a recorded seed)
+Seeds (docs/method.md §8: every random choice derives from a recorded seed)
 -----------------------------------------------------------------------
 * Training pair ``i`` of class ``c`` (position ``c`` in ``classes``) uses
   ``pair_seed = SeedSequence([seed, c, i]).generate_state(1)[0]`` (a uint32, recorded as ``seed``).
@@ -9,7 +9,7 @@ Seeds (design.md §5: every random choice derives from a recorded seed)
   ``degrade(crop, class, pair_seed)`` uses spawn keys 0 (parameters) and 1 (noise field).
   Pair ``i`` of a class therefore does not depend on ``pairs_per_class``, shard size, or other classes.
 * Benchmark entry ``k`` (position in ``entries``) uses ``seed + k`` for **every** benchmark photo, the
-  analogue of the official test code re-seeding with 0 for every image (maskdcpt-method.md §5.2).
+  analogue of the official test code re-seeding with 0 for every image (docs/method.md §5.2).
 
 Storage: shards ``out_dir/<split>-00000.tar``, ... (format in :mod:`maskdcpt.data.shards`); training LQ
 8-bit, benchmark LQ 16-bit, GT 8-bit (exact: the prepared photos are 8-bit). Shards of the same split
@@ -34,21 +34,19 @@ parameters writes nothing.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import os
-import re
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from maskdcpt.data.shards import KEY_PATTERN, write_shard
+from maskdcpt.data.shard_jobs import (GT_BIT_DEPTH, make_shard, plan_entry, shard_done, shard_tasks,  # noqa: F401
+                                      sidecar, synthesis_fingerprint, write_shards)
+from maskdcpt.data.shards import KEY_PATTERN
 from maskdcpt.degradations import TASKS, degrade, get_degradation
-from maskdcpt.imageio import atomic_write_bytes
 from maskdcpt.imageio import file_sha256, image_info, quantize, read_image
 
 __all__ = [
@@ -69,7 +67,6 @@ PAIR_COLUMNS = [
     "params", "seed", "crop_y", "crop_x", "height", "width", "shard", "key", "psnr_lq_gt", "lq_differs",
     "lq_bit_depth",
 ]
-GT_BIT_DEPTH = 8
 _SELECT_STREAM = 2  # spawn key reserved for photo/crop selection (degrade uses 0 and 1)
 
 
@@ -131,125 +128,6 @@ def _table(images: pd.DataFrame, prepared_dir, *, keep_split: str | None, drop_s
         rows.append({"image_id": str(r["image_id"]), "sha256": str(r["sha256"]),
                      "png_sha256": r.get("png_sha256"), "path": str(p), "width": w, "height": h})
     return rows
-
-
-@functools.lru_cache(maxsize=1)
-def synthesis_fingerprint() -> str:
-    """sha256 over the source of the code that determines a shard's bytes (the degradation package,
-    this module, :mod:`maskdcpt.data.shards` and :mod:`maskdcpt.imageio`), plus the OpenCV and NumPy
-    versions. Stored in each shard's sidecar; a change makes the next run redo the shards."""
-    import cv2
-
-    root = Path(__file__).resolve().parents[1]
-    files = sorted((root / "degradations").glob("*.py")) + [root / "data" / "synthesize.py",
-                                                             root / "data" / "shards.py", root / "imageio.py"]
-    h = hashlib.sha256(f"cv2={cv2.__version__};numpy={np.__version__}".encode())
-    for f in files:
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".done.json")
-
-
-def _plan_entry(spec: dict) -> dict:
-    """The part of a spec that determines the shard's bytes (JSON types only)."""
-    photo = spec["photo"]
-    keep = {k: v for k, v in spec.items() if k not in ("photo",)}
-    keep["photo"] = {k: photo.get(k) for k in ("image_id", "sha256", "png_sha256", "width", "height")}
-    return json.loads(json.dumps(keep, sort_keys=True, default=str))
-
-
-def _shard_done(path: Path, plan: list[dict], fingerprint: str) -> list[dict] | None:
-    """The recorded rows if ``path`` is a finished shard of exactly this plan and code, else ``None``."""
-    side = _sidecar(path)
-    if not (path.is_file() and side.is_file()):
-        return None
-    try:
-        info = json.loads(side.read_text("utf-8"))
-    except (OSError, ValueError):
-        return None
-    if info.get("plan") != plan or info.get("fingerprint") != fingerprint:
-        return None
-    if info.get("sha256") != file_sha256(path):
-        return None
-    return info["rows"]
-
-
-def _make_shard(task: dict) -> tuple[int, list[dict], bool]:
-    """Worker: make one shard (or reuse it when its sidecar matches). Returns ``(index, rows, made)``."""
-    path, specs, ctx = Path(task["path"]), task["specs"], task["ctx"]
-    plan = [_plan_entry(sp) for sp in specs]
-    fp = synthesis_fingerprint()
-    done = None if task.get("force") else _shard_done(path, plan, fp)
-    if done is not None:
-        return task["index"], done, False
-    make = _MAKERS[ctx["kind"]]
-    rows: list[dict] = []
-
-    def samples():
-        for spec in specs:
-            sample, row = make(spec, ctx)
-            row["shard"] = path.name
-            rows.append(row)
-            yield sample
-
-    side = _sidecar(path)
-    if side.exists():
-        side.unlink()  # the shard is about to change: drop its stale completion marker first
-    write_shard(path, samples(), lq_bit_depth=ctx["lq_bit_depth"], gt_bit_depth=GT_BIT_DEPTH)
-    record = {"fingerprint": fp, "plan": plan, "sha256": file_sha256(path), "rows": rows}
-    atomic_write_bytes(side, json.dumps(record, sort_keys=True).encode("utf-8"))
-    return task["index"], json.loads(json.dumps(rows)), True
-
-
-def _shard_tasks(out_dir: Path, split: str, specs: list[dict], shard_size: int, ctx: dict) -> list[dict]:
-    if shard_size < 1:
-        raise ValueError("shard_size must be >= 1")
-    return [{"index": k, "path": str(out_dir / f"{split}-{k:05d}.tar"),
-             "specs": specs[start:start + shard_size], "ctx": ctx}
-            for k, start in enumerate(range(0, len(specs), shard_size))]
-
-
-def _write_shards(out_dir: Path, split: str, specs: list[dict], shard_size: int, ctx: dict, *,
-                  workers: int = 1, progress: bool = False, resume: bool = True) -> list[dict]:
-    """Make every shard of ``specs`` (index ranges of ``shard_size``), in ``workers`` processes, reusing
-    finished ones when ``resume``; delete this split's shards beyond the last index. Rows in plan order."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tasks = _shard_tasks(out_dir, split, specs, shard_size, ctx)
-    for t in tasks:
-        t["force"] = not resume
-    results: dict[int, list[dict]] = {}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(specs), unit="pair", desc=f"synthesize {split}", dynamic_ncols=True)
-    try:
-        if workers > 1 and len(tasks) > 1:
-            with ProcessPoolExecutor(max_workers=int(workers)) as pool:
-                futures = [pool.submit(_make_shard, t) for t in tasks]
-                for fut in as_completed(futures):
-                    k, rows, _ = fut.result()
-                    results[k] = rows
-                    if bar is not None:
-                        bar.update(len(rows))
-        else:
-            for t in tasks:
-                k, rows, _ = _make_shard(t)
-                results[k] = rows
-                if bar is not None:
-                    bar.update(len(rows))
-    finally:
-        if bar is not None:
-            bar.close()
-    pattern = re.compile(rf"{re.escape(split)}-(\d{{5}})\.tar(\.done\.json)?")
-    for f in out_dir.iterdir():
-        m = pattern.fullmatch(f.name)
-        if m and int(m.group(1)) >= len(tasks):
-            f.unlink()
-    return [row for k in sorted(results) for row in results[k]]
 
 
 def _pair(gt: np.ndarray, degradation: str, seed: int, params, lq_bit_depth: int):
@@ -322,8 +200,8 @@ def synthesize_training_pairs(
     """
     specs = plan_training_pairs(images, classes, pairs_per_class, crop, seed, split=split,
                                 prepared_dir=prepared_dir, real_classes=real_classes)
-    ctx = {"kind": "train", "split": split, "crop": int(crop), "lq_bit_depth": int(lq_bit_depth)}
-    rows = _write_shards(Path(out_dir), split, specs, shard_size, ctx, workers=workers, progress=progress,
+    ctx = {"maker": f"{__name__}:_make_training", "split": split, "crop": int(crop), "lq_bit_depth": int(lq_bit_depth)}
+    rows = write_shards(Path(out_dir), split, specs, shard_size, ctx, workers=workers, progress=progress,
                          resume=resume)
     return _frame(rows, PAIR_COLUMNS)
 
@@ -400,13 +278,13 @@ def synthesize_training_shard(
     """
     specs = plan_training_pairs(images, classes, pairs_per_class, crop, seed, split=split,
                                 prepared_dir=prepared_dir, real_classes=real_classes)
-    ctx = {"kind": "train", "split": split, "crop": int(crop), "lq_bit_depth": int(lq_bit_depth)}
-    tasks = _shard_tasks(Path(out_dir), split, specs, shard_size, ctx)
+    ctx = {"maker": f"{__name__}:_make_training", "split": split, "crop": int(crop), "lq_bit_depth": int(lq_bit_depth)}
+    tasks = shard_tasks(Path(out_dir), split, specs, shard_size, ctx)
     if not 0 <= int(k) < len(tasks):
         raise ValueError(f"shard index {k} outside [0, {len(tasks)})")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     task = dict(tasks[int(k)], force=not resume)
-    _, rows, _ = _make_shard(task)
+    _, rows, _ = make_shard(task)
     return len(tasks), _frame(rows, PAIR_COLUMNS)
 
 
@@ -510,8 +388,8 @@ def synthesize_benchmark_pairs(
         for k, e in enumerate(norm_entries):
             specs.append({"photo": photo, "entry": e, "seed": int(seed) + k, "y": y, "x": x, "h": th, "w": tw})
 
-    ctx = {"kind": "benchmark", "split": split, "classes": classes, "lq_bit_depth": int(lq_bit_depth)}
-    rows = _write_shards(Path(out_dir), split, specs, shard_size, ctx, workers=workers, progress=progress,
+    ctx = {"maker": f"{__name__}:_make_benchmark", "split": split, "classes": classes, "lq_bit_depth": int(lq_bit_depth)}
+    rows = write_shards(Path(out_dir), split, specs, shard_size, ctx, workers=workers, progress=progress,
                          resume=resume)
     return _frame(rows, PAIR_COLUMNS + ["label", "shard"])
 
@@ -537,9 +415,6 @@ def _make_benchmark(spec: dict, ctx: dict):
                                 "crop_y", "crop_x", "label")}
     meta["params"] = params
     return {"key": key, "lq": lq, "gt": gt, "meta": meta}, row
-
-
-_MAKERS = {"train": _make_training, "benchmark": _make_benchmark}
 
 
 def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:

@@ -3,7 +3,7 @@
 Each degradation type is a :class:`Degradation` registered in :data:`REGISTRY` under its name, with a
 ``kind``: ``'single'`` (one synthetic degradation), ``'mixed'`` (a sequential composition, :mod:`.mixed`) or
 ``'real'`` (captured pairs only, :mod:`.real`; ``apply`` raises :class:`RealPairsOnly`). Images are float32
-``(H, W, 3)`` RGB in [0, 1] (design.md §5). :func:`degrade` is the seeded entry point: the same
+``(H, W, 3)`` RGB in [0, 1] (docs/method.md §8). :func:`degrade` is the seeded entry point: the same
 ``(gt, name, seed)``, or a manifest row's ``(seed, params)``, regenerates the same LQ bit for bit
 (:mod:`maskdcpt.degradations.base`).
 
@@ -12,10 +12,10 @@ Tasks (:data:`TASKS`; the position in a list is the classifier's class index)
 ``"5d"`` (DCPT 5D config order: derain, denoise, dehaze, low-light, deblur)
     ``rain, gaussian_noise, haze, low_light, motion_blur``.
 ``"12d"`` (13 classes, the paper's repetition groups ``[GN, RN, MB, DB, GB, J, H, RS, RD, S, MS, LL, MR]``,
-maskdcpt-method.md §1.5/§3.1)
+docs/method.md §1.5, §3.1)
     ``noise, real_noise, motion_blur, defocus_blur, gaussian_blur, jpeg, haze, rain, raindrop, snow, mosaic,
     low_light, moire``.
-``"all"`` (the paper's 19 UIR-2.5M types = 14 single + 5 mixed, §4.1)
+``"all"`` (the paper's 19 UIR-2.5M types = 14 single + 5 mixed, docs/method.md §4.1)
     the 12D list, then ``rain_raindrop`` (RSD), then the mixtures ``blur_jpeg, blur_rain,
     blur_lowlight_noise, lowlight_haze_rain_snow, second_order``.
 

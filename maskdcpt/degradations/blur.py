@@ -1,7 +1,7 @@
 """Motion blur (linear and camera-shake kernels) and defocus blur (disk kernels).
 
 The 5D deblurring set is GoPro and the 12D defocus sets DPDD/LFDOF, which have no synthesis code
-(maskdcpt-method.md §4.3); these are the standard synthetic stand-ins."""
+(docs/method.md §4.3); these are the standard synthetic stand-ins."""
 
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ class MotionBlur(Degradation):
     * ``levels`` = 2 trajectory families × 29 lengths = 58.
 
     Source: linear PSF and Boracchi & Foi (TIP 2012) random trajectories (as in DeblurGAN, Kupyn et al.
-    CVPR 2018). The paper trains on GoPro/REDS/RSBlur (no synthesis code, maskdcpt-method.md §4.3).
+    CVPR 2018). The paper trains on GoPro/REDS/RSBlur (no synthesis code, docs/method.md §4.3).
     """
 
     name = "motion_blur"

@@ -26,7 +26,7 @@ def jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:
     ``uint8(round(255·img))`` is converted RGB→BGR, encoded with ``cv2.imencode('.jpg', ...,
     IMWRITE_JPEG_QUALITY=quality)`` (libjpeg defaults: 4:2:0 chroma subsampling, baseline), decoded with
     ``cv2.imdecode`` and converted back to RGB float32 ``/255``. ``img`` float32 ``(H, W, 3)`` in [0, 1];
-    ``quality`` 0-100 (``ValueError`` otherwise). Source: maskdcpt-method.md §4.3.
+    ``quality`` 0-100 (``ValueError`` otherwise). Source: docs/method.md §4.3.
     """
     import cv2
 
@@ -45,7 +45,7 @@ class JPEG(Degradation):
     """JPEG compression artefacts (the paper's J class): ``lq = `` :func:`jpeg_roundtrip` ``(gt, quality)``.
 
     ``quality`` ∈ {10, ..., 95} (integers, uniform; 86 levels). The 5D/12D test sets use ``quality = 50``
-    (pass ``params={"quality": 50}``); DCPT 10D trains on {10, 20, 30, 40, 50}. Source: maskdcpt-method.md §4.3.
+    (pass ``params={"quality": 50}``); DCPT 10D trains on {10, 20, 30, 40, 50}. Source: docs/method.md §4.3.
     """
 
     name = "jpeg"
@@ -79,7 +79,7 @@ def demosaic(cfa: np.ndarray, swap_rb: bool = False) -> np.ndarray:
 
     ``swap_rb=False``: ``cv2.COLOR_BayerRGGB2RGB_EA`` (= ``COLOR_BayerBG2RGB_EA``; output in RGB, the GT's
     channel order). ``swap_rb=True``: ``cv2.COLOR_BayerBG2BGR_EA`` as the official MaskDCPT pipeline calls it on
-    the RGB-order mosaic, which returns R and B swapped relative to the GT (maskdcpt-method.md §4.3 and §6.11);
+    the RGB-order mosaic, which returns R and B swapped relative to the GT (docs/method.md §4.3 and §6 item 11);
     use it only to reproduce the official demosaic numbers. Interior CFA sites keep their sampled value;
     OpenCV fills the outermost row and column by replication.
     """
@@ -94,7 +94,7 @@ class Mosaic(Degradation):
 
     Deterministic (no random field). ``swap_rb`` (default ``False``) reproduces the official pipeline's R/B
     swap when ``True`` (see :func:`demosaic`). ``levels`` = 1 (one fixed setting: the CFA and the
-    edge-aware demosaicer). Source: MaskDCPT ``PairedImageMosaicDataset`` (maskdcpt-method.md §4.3).
+    edge-aware demosaicer). Source: MaskDCPT ``PairedImageMosaicDataset`` (docs/method.md §4.3).
     """
 
     name = "mosaic"

@@ -1,6 +1,6 @@
 """Gaussian & sinc blur: the Real-ESRGAN kernel family (the paper's GB class).
 
-Sampling (maskdcpt-method.md §4.3, MaskDCPT's ``PairedImageGaussianBlurDataset`` / ``test_NAFNet_12d.yml``):
+Sampling (docs/method.md §4.3, MaskDCPT's ``PairedImageGaussianBlurDataset`` / ``test_NAFNet_12d.yml``):
 
 * kernel size ``ks`` uniform over the odd sizes {7, 9, ..., 21};
 * with probability ``SINC_PROB`` = 0.1 a circular low-pass (sinc) kernel with cut-off
@@ -102,7 +102,7 @@ class GaussianSincBlur(Degradation):
 
     name = "gaussian_blur"
     kind = "single"
-    source = "Real-ESRGAN kernels; MaskDCPT PairedImageGaussianBlurDataset settings (method notes §4.3)"
+    source = "Real-ESRGAN kernels; MaskDCPT PairedImageGaussianBlurDataset settings (docs/method.md §4.3)"
     levels = (len(KERNEL_FAMILIES) + 1) * len(KERNEL_SIZES)
     param_ranges = {
         "family": {"choice": ["sinc", *KERNEL_FAMILIES], "p": [SINC_PROB, *[(1 - SINC_PROB) * p

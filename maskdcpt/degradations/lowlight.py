@@ -32,7 +32,7 @@ class LowLight(Degradation):
 
     Source: gamma + exposure darkening and Poisson-Gaussian noise as in synthetic low-light data
     (e.g. Lore et al., LLNet, 2017; Lv et al., MBLLEN, 2018; Foi et al. 2008 for the noise model). The 5D paper
-    trains on real LOL pairs and has no synthesis code; ranges are ours (maskdcpt-method.md §4.2-4.3).
+    trains on real LOL pairs and has no synthesis code; ranges are ours (docs/method.md §4.2-4.3, §4.4).
     """
 
     name = "low_light"

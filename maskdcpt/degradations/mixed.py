@@ -7,7 +7,7 @@ regenerates the pair exactly; a partial override such as ``{"jpeg": {"quality": 
 value. ``levels`` = product of the steps' levels (distinct severity combinations); mixtures are reported
 separately from the single-type total (see :mod:`maskdcpt.degradations`).
 
-The five mixtures are the UIR-2.5M mixed rows (maskdcpt-method.md §4.1): Blur+JPEG (REDS/RealBlur-J),
+The five mixtures are the UIR-2.5M mixed rows (docs/method.md §4.1): Blur+JPEG (REDS/RealBlur-J),
 Blur+Rain (RainDrop-Clarity), Blur+Low-light+Noise (LoL-Blur), Low-light+Haze+Rain+Snow (CDD), and
 DownSample+Noise+Blur+JPEG (a Real-ESRGAN-like second-order pipeline), plus RSD (rain streak + raindrop,
 RainDS), which the paper counts among its 14 single types but is a composition here.

@@ -22,7 +22,7 @@ class GaussianNoise(Degradation):
       ``params={"sigma": 25}``; any σ ≥ 0 is accepted (e.g. 60/75 for the OOD table).
     * ``levels`` = number of σ choices (3).
 
-    Source: maskdcpt-method.md §4.3 and §5.2 ([M] ``PairedImageDenoiseDataset``). The official test code
+    Source: docs/method.md §4.3 and §5.2 (official ``PairedImageDenoiseDataset``). The official test code
     seeds NumPy's legacy global RNG with 0 per image; here the noise comes from the pair's seed stream.
     """
 
@@ -67,7 +67,7 @@ def poisson_noise(img: np.ndarray, scale: float, gray: bool, rng: np.random.Gene
     returns the same shape, float32, clipped to [0, 1].
 
     Source: Wang et al., Real-ESRGAN (ICCVW 2021), ``scale_range = [0.05, 3]``, ``gray_prob = 0.4``
-    (maskdcpt-method.md §4.3, the BasicSR hook MaskDCPT cites).
+    (docs/method.md §4.3, the BasicSR hook MaskDCPT cites).
     """
     import cv2
 
@@ -87,7 +87,7 @@ def salt_pepper_noise(img: np.ndarray, density: float, rng: np.random.Generator)
     is broadcast to RGB. ``density`` ∈ [0, 1]; returns float32 ``(H, W, 3)`` in [0, 1].
 
     Source: standard impulse-noise model (Gonzalez & Woods, *Digital Image Processing*, §5.2); the paper's GN
-    class includes it but has no code (maskdcpt-method.md §4.3). Density range 0.5-5 %: ours.
+    class includes it but has no code (docs/method.md §4.3). Density range 0.5-5 %: ours.
     """
     from skimage.util import random_noise
 
@@ -115,7 +115,7 @@ class Noise(Degradation):
 
     Only the chosen sub-type's parameters are recorded. ``levels`` = 50 + 60 + 10 = 120 (sub-types add; the
     Poisson colour/grey switch is not a severity). Why one class: the UIR-2.5M table merges the three into
-    one "Noise (GN)" row with one class label (maskdcpt-method.md §4.1); the 5D task keeps its own
+    one "Noise (GN)" row with one class label (docs/method.md §4.1); the 5D task keeps its own
     :class:`GaussianNoise` (σ ∈ {15, 25, 50}), which is this class's Gaussian sub-type restricted to 3 levels.
     """
 

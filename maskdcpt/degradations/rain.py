@@ -57,7 +57,7 @@ class Rain(Degradation):
 
     Source: streak model of Yang et al., "Deep joint rain detection and removal from a single image"
     (CVPR 2017; Rain100L/H, rendered Photoshop-style: sparse noise → motion blur → screen). The 5D paper
-    trains on Rain200L and tests on Rain100L; it has no synthesis code (maskdcpt-method.md §4.2-4.3).
+    trains on Rain200L and tests on Rain100L; it has no synthesis code (docs/method.md §4.2-4.3).
     The ranges above are chosen to look like light rain, they are not from the paper.
     """
 

@@ -25,7 +25,7 @@ class RealPairs(Degradation):
 
     def __init__(self, name: str, datasets: str):
         self.name = name
-        self.source = f"captured pairs, e.g. {datasets} (UIR-2.5M real rows, maskdcpt-method.md §4.1)"
+        self.source = f"captured pairs, e.g. {datasets} (UIR-2.5M real rows, docs/method.md §4.1)"
         self.__doc__ = f"Real captured pairs ({datasets}); no synthesis."
 
     def sample_params(self, rng: np.random.Generator) -> dict:
