@@ -33,7 +33,8 @@ def synthesis_fingerprint() -> str:
     root = Path(__file__).resolve().parents[1]
     files = sorted((root / "degradations").glob("*.py")) + [root / "data" / "synthesize.py",
                                                              root / "data" / "shard_jobs.py",
-                                                             root / "data" / "shards.py", root / "imageio.py"]
+                                                             root / "data" / "shards.py", root / "imageio.py",
+                                                             root / "png.py"]
     h = hashlib.sha256(f"cv2={cv2.__version__};numpy={np.__version__}".encode())
     for f in files:
         h.update(f.name.encode() + b"\0" + f.read_bytes())
