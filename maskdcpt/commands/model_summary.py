@@ -12,9 +12,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="parameters and FLOPs of a backbone preset",
         description="Print the parameter count, per-module parameters and forward FLOPs (FLOPs = 2 x MACs, "
         "torch FlopCounterMode) of a backbone preset. Presets: nafnet paper-5d (alias paper), cpu-default, tiny; "
-        "restormer paper (alias paper-5d), cpu-default, tiny.",
+        "restormer, promptir: paper (alias paper-5d), cpu-default, tiny; swinir: paper (alias paper-5d), official, "
+        "cpu-default, tiny.",
     )
-    p.add_argument("--arch", choices=["nafnet", "restormer"], default="nafnet")
+    p.add_argument("--arch", choices=["nafnet", "restormer", "promptir", "swinir"], default="nafnet")
     p.add_argument("--preset", default="paper-5d", help="preset name (default: paper-5d)")
     p.add_argument("--size", nargs=2, type=int, default=[256, 256], metavar=("H", "W"),
                    help="input size in pixels (default: 256 256, the paper's pre-training crop)")

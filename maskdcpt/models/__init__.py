@@ -1,6 +1,6 @@
-"""Models: NAFNet and Restormer backbones (masked/plain), patch masking, degradation classifier, MaskDCPT wrapper.
+"""Models: NAFNet, Restormer, PromptIR and SwinIR backbones (masked/plain), patch masking, degradation classifier, MaskDCPT wrapper.
 
-See ``shared/docs/maskdcpt-method.md`` §1 for the architecture these implement.
+See ``docs/method.md`` §1 for the architecture these implement.
 """
 
 from maskdcpt.models.backbones import (
@@ -26,6 +26,8 @@ from maskdcpt.models.nafnet import (
     load_nafnet_state_dict,
     load_state_dict_strict,
 )
+from maskdcpt.models.promptir import PROMPTIR_PAPER_NUM_PARAMS, PromptIR, build_promptir
+from maskdcpt.models.swinir import SWINIR_PAPER_NUM_PARAMS, SwinIR, build_swinir
 from maskdcpt.models.restormer import (
     RESTORMER_PAPER_NUM_PARAMS,
     RESTORMER_PRESETS,
@@ -35,6 +37,12 @@ from maskdcpt.models.restormer import (
 )
 
 __all__ = [
+    "PROMPTIR_PAPER_NUM_PARAMS",
+    "PromptIR",
+    "build_promptir",
+    "SWINIR_PAPER_NUM_PARAMS",
+    "SwinIR",
+    "build_swinir",
     "ARCHS",
     "BACKBONE_PRESETS",
     "RESTORMER_PAPER_NUM_PARAMS",

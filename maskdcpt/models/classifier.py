@@ -1,6 +1,6 @@
 """Degradation classification decoder (DegCls-Dec) of MaskDCPT.
 
-Spec: ``shared/docs/maskdcpt-method.md`` §1.5 (the DCPT ``PromptIR_NoImg_DC`` classifier: ResNet-like stages
+Spec: ``docs/method.md`` §1.5 (the DCPT ``PromptIR_NoImg_DC`` classifier: ResNet-like stages
 with LayerNorm instead of BatchNorm, fed with softmax-weighted multi-level backbone features, paper Eq. 3).
 """
 
@@ -17,14 +17,14 @@ __all__ = ["BottleneckBlock", "DegradationClassifier", "msra_fill"]
 
 
 def msra_fill(module: nn.Module) -> None:
-    """MSRA (He) init as detectron2 ``c2_msra_fill``: kaiming-normal, fan_out, ReLU gain; bias zero (spec §1.5)."""
+    """MSRA init as detectron2 ``c2_msra_fill``: kaiming-normal, fan_out, ReLU gain; bias zero (docs/method.md §1.5)."""
     nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
     if getattr(module, "bias", None) is not None:
         nn.init.zeros_(module.bias)
 
 
 class BottleneckBlock(nn.Module):
-    """Inverted bottleneck residual block with channels-first LayerNorm (spec §1.5).
+    """Inverted bottleneck residual block with channels-first LayerNorm (docs/method.md §1.5).
 
     ``conv1`` 1x1 c->2c, ``conv2`` 3x3 2c->2c, ``conv3`` 1x1 2c->c (all bias=False, MSRA init), each followed
     by LayerNorm over channels (eps 1e-6); ReLU after the first two norms, none before the residual add,
@@ -54,7 +54,7 @@ class BottleneckBlock(nn.Module):
 
 
 class DegradationClassifier(nn.Module):
-    """DegCls-Dec: classify the degradation from multi-level backbone features (spec §1.5, paper Eq. 3).
+    """DegCls-Dec: classify the degradation from multi-level backbone features (docs/method.md §1.5, paper Eq. 3).
 
     Forward::
 
@@ -66,11 +66,11 @@ class DegradationClassifier(nn.Module):
         logits = fc(last_stage(h).mean(dim=(-2, -1)))  # last_stage: blocks_per_stage BottleneckBlock(c_{S-1})
 
     where c_S := c_{S-1} (the last downsample keeps the channels). With NAFNet 5D features
-    ``[64, 128, 256, 512]`` and K=5 this is about 49.29 M parameters (spec §1.5).
+    ``[64, 128, 256, 512]`` and K=5 this is about 49.29 M parameters (docs/method.md §1.5).
 
     Args:
         feature_dims: channels of F_0..F_{S-1}, full resolution first (NAFNet: ``backbone.feature_dims``).
-        num_classes: K >= 1 (5 for the 5D task; label = sub-dataset index, spec §1.5).
+        num_classes: K >= 1 (5 for the 5D task; label = sub-dataset index, docs/method.md §1.5).
         blocks_per_stage: BottleneckBlocks per stage (2, detectron2 ``num_res_blocks``).
 
     Raises:

@@ -1,7 +1,7 @@
 """The MaskDCPT pre-training model: masked backbone (NAFNet or Restormer) + degradation classifier + recon head.
 
-Spec: ``shared/docs/maskdcpt-method.md`` §1.1 (single forward pass, two heads), §1.3 (masking), §1.5
-(classifier), §1.6 (reconstruction head: architecture not released), §3.1 / gotcha 6 (two learning rates).
+Spec: ``docs/method.md`` §1.1 (single forward pass, two heads), §1.3 (masking), §1.5
+(classifier), §1.6 (reconstruction head: architecture not released), §3.1, §6 item 6 (two learning rates).
 """
 
 from __future__ import annotations
@@ -22,18 +22,18 @@ RECON_HEAD_KINDS = ("token", "ending")
 
 
 class ReconstructionHead(nn.Module):
-    """Recon-Dec: predict the clean image from the last backbone feature F_l (paper Sec. IV-B, spec §1.6).
+    """Recon-Dec: predict the clean image from the last backbone feature F_l (paper Sec. IV-B, docs/method.md §1.6).
 
-    The paper does not describe Recon-Dec ("following the MIM design"; spec §1.6 / §7), so two variants exist:
+    The paper does not describe Recon-Dec ("following the MIM design"; docs/method.md §1.6 / §7), so two variants exist:
 
-    * ``kind="token"`` (default, spec §1.6 recommended option, SparK-style light decoder): masked positions of
+    * ``kind="token"`` (default, docs/method.md §1.6 recommended option, SparK-style light decoder): masked positions of
       F_l are replaced by a learnable mask token ``mask_token`` (1, width, 1, 1), then ``num_blocks`` plain
       (unmasked) :class:`NAFBlocks` at full resolution (``blocks``), then ``out`` = Conv3x3(width -> out_ch).
-      Why it is the default: the masked backbone carries no content inside masked 16x16 patches (spec §1.3,
+      Why it is the default: the masked backbone carries no content inside masked 16x16 patches (docs/method.md §1.3,
       tested invariant), so reconstructing them needs spatial context; the NAFBlocks' depthwise convs and
       global SCA pooling provide it, and the token tells the head which positions are holes.
     * ``kind="ending"``: ``out`` = a single Conv3x3(width -> out_ch), the backbone ``ending`` shape (the
-      minimal reading of the released code, spec §1.6). A 3x3 conv sees at most one pixel into a patch, so
+      minimal reading of the released code, docs/method.md §1.6). A 3x3 conv sees at most one pixel into a patch, so
       it cannot fill masked-patch interiors (masked L1 collapses to a near-constant there); kept for
       ablation.
 
@@ -69,20 +69,20 @@ class ReconstructionHead(nn.Module):
 
 
 class MaskDCPTModel(nn.Module):
-    """MaskDCPT pre-training model (paper Fig. 3, spec §1.1): one masked forward pass, two heads.
+    """MaskDCPT pre-training model (paper Fig. 3, docs/method.md §1.1): one masked forward pass, two heads.
 
     ``backbone`` is a :class:`~maskdcpt.models.nafnet.NAFNet` or a :class:`~maskdcpt.models.restormer.Restormer` run through
     ``forward_features`` with a random patch mask (patch size ``backbone.mask_patch_size``: 16 for both, the
-    NAFNet's ``2**4`` and the paper's default for the Transformers, spec §1.3 / §1.7; ``keep_ratio`` 0.5); its
+    NAFNet's ``2**4`` and the paper's default for the Transformers, docs/method.md §1.3 / §1.7; ``keep_ratio`` 0.5); its
     decoder-side features (full resolution first, channels ``backbone.feature_dims``) feed ``classifier``
-    (:class:`DegradationClassifier`, spec §1.5) and its last output F_l (``backbone.last_dim`` channels) feeds
-    ``recon_head`` (:class:`ReconstructionHead`, spec §1.6). The classifier sees the features as they
+    (:class:`DegradationClassifier`, docs/method.md §1.5) and its last output F_l (``backbone.last_dim`` channels) feeds
+    ``recon_head`` (:class:`ReconstructionHead`, docs/method.md §1.6). The classifier sees the features as they
     are (visible content + content-free constants at masked positions, as in the released kNN code path).
 
-    Reconstruction target (spec §2): the clean GT over all pixels. ``recon_residual`` (default False):
+    Reconstruction target (docs/method.md §2): the clean GT over all pixels. ``recon_residual`` (default False):
     whether to add the masked LQ input (``M * lq``) to the head output. Off by default: the masked input is
     zero on half of the patches, so a residual would make the head predict a residual at visible pixels
-    but the absolute image at masked ones, with a discontinuity at every patch edge; the spec (§1.6) also
+    but the absolute image at masked ones, with a discontinuity at every patch edge; docs/method.md (§1.6) also
     reads the released code as ``ending`` without ``+inp``. The fine-tuned network keeps its own global
     residual (``NAFNet.forward``).
 
@@ -92,11 +92,11 @@ class MaskDCPTModel(nn.Module):
             NAFNet or a Restormer. Its restoration head (``ending`` / ``output``) is unused here and
             transferred as is.
         num_classes: K (5 for 5D).
-        keep_ratio: fraction of visible patches (0.5, spec §1.3).
+        keep_ratio: fraction of visible patches (0.5, docs/method.md §1.3).
         recon_head: ``"token"`` or ``"ending"``.
         recon_blocks: NAFBlocks in the token head.
         recon_residual: see above.
-        classifier_blocks: BottleneckBlocks per classifier stage (2, spec §1.5).
+        classifier_blocks: BottleneckBlocks per classifier stage (2, docs/method.md §1.5).
     """
 
     def __init__(
@@ -138,7 +138,7 @@ class MaskDCPTModel(nn.Module):
         Args:
             lq: degraded images ``[B, 3, H, W]`` in [0, 1], H and W multiples of ``mask_patch_size``.
             mask: optional Bool ``[B, 1, H/p, W/p]`` (True = visible); if None a fresh mask is sampled per
-                sample with ``generator`` (spec §1.3: new mask per sample and per forward pass).
+                sample with ``generator`` (docs/method.md §1.3: new mask per sample and per forward pass).
             generator: optional ``torch.Generator`` for the mask noise.
 
         Returns:
@@ -163,12 +163,12 @@ class MaskDCPTModel(nn.Module):
         return {"restored": restored, "logits": logits, "mask": mask}
 
     def backbone_state_dict(self, copy_ending_from_head: bool = False) -> "OrderedDict[str, torch.Tensor]":
-        """Backbone weights with the official key names (no prefix) for fine-tuning (spec §1.1, §3.2).
+        """Backbone weights with the official key names (no prefix) for fine-tuning (docs/method.md §1.1, §3.2).
 
         Includes the backbone's restoration head (NAFNet ``ending``, Restormer ``output``; not trained in
-        pre-training; spec §7: whether it is transferred is unknown), so the result loads strictly into a plain
+        pre-training; docs/method.md §7: its transfer is unknown), so the result loads strictly into a plain
         backbone of the same config. With ``copy_ending_from_head=True`` and an ``"ending"`` recon head, the
-        head's trained conv is copied into that head instead (spec §1.6 "copy the last conv").
+        head's trained conv is copied into that head instead (docs/method.md §1.6 "copy the last conv").
 
         Raises:
             ValueError: if ``copy_ending_from_head`` is requested with a ``"token"`` head, or the backbone's
@@ -193,7 +193,7 @@ def param_groups(
 ) -> list[dict[str, Any]]:
     """Two AdamW parameter groups: the backbone ("encoder") and the heads (classifier + recon head).
 
-    Paper Sec. V / spec §3.1 and gotcha 6: encoder LR 3e-4, decoders 1e-4, constant, AdamW with weight decay
+    Paper Sec. V / docs/method.md §3.1 and §6 item 6: encoder LR 3e-4, decoders 1e-4, constant, AdamW with weight decay
     0. Only parameters with ``requires_grad`` are included. Usage: ``torch.optim.AdamW(param_groups(m))``.
 
     Returns:

@@ -1,6 +1,6 @@
 """Patch-level random masking for MaskDCPT pre-training.
 
-Spec: ``shared/docs/maskdcpt-method.md`` §1.3 (mask sampling and per-level mask resolution).
+Spec: ``docs/method.md`` §1.3 (mask sampling and per-level mask resolution).
 
 Convention used throughout :mod:`maskdcpt.models`: a mask is a **Bool** tensor ``[B, 1, h, w]`` at patch
 resolution with ``True = visible/kept`` and ``False = masked``; :func:`expand_mask` turns it into a float
@@ -17,7 +17,7 @@ __all__ = ["random_patch_mask", "expand_mask", "num_kept_patches"]
 
 
 def num_kept_patches(h_patches: int, w_patches: int, keep_ratio: float = 0.5) -> int:
-    """Number of visible patches per image: ``round(h * w * keep_ratio)`` (spec §1.3, ``len_keep``).
+    """Number of visible patches per image: ``round(h * w * keep_ratio)`` (docs/method.md §1.3, ``len_keep``).
 
     Python's ``round`` is used (half to even), so e.g. 9 patches at 0.5 keep 4.
     """
@@ -34,7 +34,7 @@ def random_patch_mask(
 ) -> torch.Tensor:
     """Sample an independent random patch mask per image with an exact number of kept patches.
 
-    Spec §1.3: ``len_keep = round(h*w*keep_ratio)`` (keep_ratio = 1 - mask_ratio, 0.5 in the paper), the
+    docs/method.md §1.3: ``len_keep = round(h*w*keep_ratio)`` (keep_ratio = 1 - mask_ratio, 0.5 in the paper), the
     permutation is ``torch.rand(B, h*w).argsort()`` and the first ``len_keep`` indices are kept. This is
     *not* Bernoulli masking: every image keeps exactly ``len_keep`` patches.
 
@@ -74,7 +74,7 @@ def expand_mask(
 ) -> torch.Tensor:
     """Nearest-neighbour expand a patch mask to a feature resolution (each patch becomes an s x s block).
 
-    Spec §1.3 ("per-level mask resolution ... always equals the feature resolution").
+    docs/method.md §1.3 ("per-level mask resolution ... always equals the feature resolution").
 
     Args:
         mask: Bool ``[B, 1, h, w]`` (True = visible) or a float mask with values in {0, 1} (cast as is).

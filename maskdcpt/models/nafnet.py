@@ -1,12 +1,12 @@
 """NAFNet backbone with the MaskDCPT key layout and SparK-style masked computation.
 
-Spec: ``shared/docs/maskdcpt-method.md`` §1.2 (architecture, key names, parameter count), §1.3 (masking),
-§1.4 (shapes and classifier features), §6 gotchas 2 and 7.
+Spec: ``docs/method.md`` §1.2 (architecture, key names, parameter count), §1.3 (masking),
+§1.4 (shapes and classifier features), §6 items 2 and 7.
 
 One module serves both phases: ``NAFNet.forward(inp)`` is the plain restoration network used for fine-tuning
 and inference (``ending(features) + inp``); ``NAFNet.forward_features(inp, mask)`` is the backbone used in
-pre-training ("encoder" in the paper = the whole network without its head, spec §1.1 / gotcha 1), with the
-masked semantics of spec §1.3 when a mask is given. Parameter names follow the released checkpoints
+pre-training ("encoder" in the paper = the whole network without its head, docs/method.md §1.1, §6 item 1), with the
+masked semantics of docs/method.md §1.3 when a mask is given. Parameter names follow the released checkpoints
 (``encoders.0.blocks.0.conv1.weight``, ``middle_blks.blocks.0.beta``, ``decoder0.blocks.0.norm1.weight``,
 ``ups.0.0.weight``), so released / pre-trained weights load strictly.
 
@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-from maskdcpt.models.masking import expand_mask, level_masks
+from maskdcpt.models.masking import level_masks
 
 __all__ = [
     "LayerNorm2d",
@@ -42,22 +42,22 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Parameter count of the paper 5D NAFNet (width 64, enc [1,1,1,28], middle 1, dec [1,1,1,1]); spec §1.2.
+#: Parameter count of the paper 5D NAFNet (width 64, enc [1,1,1,28], middle 1, dec [1,1,1,1]); docs/method.md §1.2.
 PAPER_5D_NUM_PARAMS = 67_888_835
 
 _SCA_POOL_MODES = ("all", "visible")
 
 
 class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channel dimension of an NCHW tensor (spec §1.2).
+    """LayerNorm over the channel dimension of an NCHW tensor (docs/method.md §1.2).
 
     Implemented as an ``nn.LayerNorm`` subclass on the NHWC permutation, so its parameters are named
     ``weight`` / ``bias`` (shape ``[C]``) like the released checkpoints. Normalisation is per spatial
-    position, hence ``LayerNorm2d(x) * m`` equals the released ``MaskLayerNorm2d(x, m)`` (spec §1.3).
+    position, hence ``LayerNorm2d(x) * m`` equals the released ``MaskLayerNorm2d(x, m)`` (docs/method.md §1.3).
 
     Args:
         num_channels: C.
-        eps: 1e-5 for NAFNet (spec §1.2); the classifier uses 1e-6 (spec §1.5).
+        eps: 1e-5 for NAFNet (docs/method.md §1.2); the classifier uses 1e-6 (docs/method.md §1.5).
         elementwise_affine: learnable weight/bias (default True).
 
     Shape: ``[N, C, H, W] -> [N, C, H, W]``.
@@ -76,7 +76,7 @@ class LayerNorm2d(nn.LayerNorm):
 
 
 class SimpleGate(nn.Module):
-    """NAFNet SimpleGate: split channels in half and multiply, ``[N, 2C, H, W] -> [N, C, H, W]`` (spec §1.2)."""
+    """NAFNet SimpleGate: split channels in half, multiply, ``[N, 2C, H, W] -> [N, C, H, W]`` (docs/method.md §1.2)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         a, b = x.chunk(2, dim=1)
@@ -100,7 +100,7 @@ def _prepare_block_mask(mask: torch.Tensor | None, x: torch.Tensor) -> torch.Ten
 
 
 class NAFBlock(nn.Module):
-    """NAFNet block (spec §1.2) with optional masked semantics (spec §1.3).
+    """NAFNet block (docs/method.md §1.2) with optional masked semantics (docs/method.md §1.3).
 
     Plain path (``mask=None``)::
 
@@ -111,7 +111,7 @@ class NAFBlock(nn.Module):
     Conv2d(c, c, 1))`` (keys ``sca.1.weight``/``sca.1.bias``), conv4 1x1 c->2c, conv5 1x1 c->c (all with bias),
     ``beta``/``gamma`` of shape ``(1, c, 1, 1)`` initialised to zeros (so a fresh block is the identity).
 
-    Masked path (``mask`` given, spec §1.3 / released ``MaskNAFBlock``): ``norm1`` output is multiplied by the
+    Masked path (``mask`` given, docs/method.md §1.3 / released ``MaskNAFBlock``): ``norm1`` output is multiplied by the
     mask (== ``MaskLayerNorm2d``) and the attention-branch output after ``conv3`` is multiplied by the mask,
     which removes what the 3x3 depthwise conv (and the SCA statistic) put at masked positions. The FFN branch
     is built only from per-position ops (LN, 1x1 convs, gate), so it is not re-masked.
@@ -181,7 +181,7 @@ class NAFBlock(nn.Module):
 
 
 class NAFBlocks(nn.Module):
-    """A stack of ``n`` :class:`NAFBlock` (c) in a ``.blocks`` ModuleList (released key layout, spec §1.2).
+    """A stack of ``n`` :class:`NAFBlock` (c) in a ``.blocks`` ModuleList (released key layout, docs/method.md §1.2).
 
     ``forward(x [N, c, H, W], mask=None) -> [N, c, H, W]``; the same mask is passed to every block. ``n`` may
     be 0 (identity).
@@ -200,7 +200,7 @@ class NAFBlocks(nn.Module):
 
 
 class NAFNet(nn.Module):
-    """U-shaped NAFNet (the released ``NAFNetBaseline`` layout, spec §1.2).
+    """U-shaped NAFNet (the released ``NAFNetBaseline`` layout, docs/method.md §1.2).
 
     Modules: ``intro`` Conv3x3(img_channel->width); per level i ``encoders[i]`` = NAFBlocks(c_i,
     enc_blk_nums[i]) and ``downs[i]`` = Conv2x2/s2(c_i->2c_i); ``middle_blks`` = NAFBlocks(c_L,
@@ -219,7 +219,7 @@ class NAFNet(nn.Module):
 
     Attributes:
         padder_size: ``2 ** len(enc_blk_nums)``; H and W must be multiples of it, and it is the mask patch
-            size in pre-training (spec §1.3: the patch must equal 2**(#downsamplings), 16 here).
+            size in pre-training (docs/method.md §1.3: the patch must equal 2**(#downsamplings), 16 here).
 
     Raises:
         ValueError: on inconsistent level counts or non-positive width.
@@ -284,8 +284,13 @@ class NAFNet(nn.Module):
         return self.width
 
     @property
+    def pad_multiple(self) -> int:
+        """Side multiple of the input (``restore`` pads to it): ``padder_size`` = 2**levels (16)."""
+        return self.padder_size
+
+    @property
     def mask_patch_size(self) -> int:
-        """Pre-training mask patch size: ``padder_size`` (= 2**levels, 16; spec §1.3, gotcha 2)."""
+        """Pre-training mask patch size: ``padder_size`` (= 2**levels, 16; docs/method.md §1.3, §6 item 2)."""
         return self.padder_size
 
     def check_input(self, inp: torch.Tensor, masked: bool = False) -> None:
@@ -300,7 +305,7 @@ class NAFNet(nn.Module):
         if h % self.padder_size or w % self.padder_size:
             raise ValueError(
                 f"input H and W must be multiples of padder_size={self.padder_size} (2**{self.num_levels} "
-                f"levels), got H={h}, W={w}; pad the input outside the network (spec §5.3)"
+                f"levels), got H={h}, W={w}; pad the input outside the network (docs/method.md §5.3)"
             )
 
     def _level_masks(self, mask: torch.Tensor, inp: torch.Tensor) -> list[torch.Tensor]:
@@ -310,7 +315,7 @@ class NAFNet(nn.Module):
     def forward_features(
         self, inp: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Run the backbone without ``ending`` (the paper's "encoder", spec §1.1) and collect decoder features.
+        """Run the backbone without ``ending`` (paper's "encoder", docs/method.md §1.1) and collect decoder features.
 
         Args:
             inp: ``[N, img_channel, H, W]``, H and W multiples of ``padder_size`` (images in [0, 1] in this
@@ -318,7 +323,7 @@ class NAFNet(nn.Module):
             mask: None (plain) or Bool ``[N, 1, H/p, W/p]`` (p = padder_size; True = visible). Float {0,1}
                 masks are accepted as well.
 
-        Masked semantics (spec §1.3): the input is zeroed at masked pixels; the ``intro`` output is
+        Masked semantics (docs/method.md §1.3): the input is zeroed at masked pixels; the ``intro`` output is
         re-masked (its 3x3 conv leaks across patch borders); every block gets the mask at its own
         resolution (nearest expansion). ``downs`` (2x2 stride-2) and ``ups`` (1x1 conv + PixelShuffle) are
         not re-masked: mask patches are ``p / 2**i >= 2`` pixels wide at every level above the bottleneck,
@@ -330,7 +335,7 @@ class NAFNet(nn.Module):
         Returns:
             ``(last, feats)``: ``last`` is the final decoder output ``[N, width, H, W]`` (F_l, input to the
             reconstruction head); ``feats`` are the decoder outputs ordered full resolution first,
-            ``[decoder{L-1}, ..., decoder0]`` with shapes ``[N, width*2**i, H/2**i, W/2**i]`` (spec §1.4,
+            ``[decoder{L-1}, ..., decoder0]`` with shapes ``[N, width*2**i, H/2**i, W/2**i]`` (docs/method.md §1.4,
             the classifier inputs). ``feats[0] is last``.
 
         Raises:
@@ -358,7 +363,7 @@ class NAFNet(nn.Module):
         return x, feats
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
-        """Plain (unmasked) restoration: ``ending(forward_features(inp)[0]) + inp`` (spec §1.2).
+        """Plain (unmasked) restoration: ``ending(forward_features(inp)[0]) + inp`` (docs/method.md §1.2).
 
         Args:
             inp: ``[N, img_channel, H, W]``, H and W multiples of ``padder_size`` (no internal padding).
@@ -373,7 +378,7 @@ class NAFNet(nn.Module):
         return self.ending(last) + inp
 
 
-#: Named configurations for :func:`build_nafnet`. ``paper-5d`` is the released 5D model (spec §1.2,
+#: Named configurations for :func:`build_nafnet`. ``paper-5d`` is the released 5D model (docs/method.md §1.2,
 #: 67,888,835 parameters); ``cpu-default`` and ``tiny`` are small variants for CPU runs and tests.
 NAFNET_PRESETS: dict[str, dict[str, Any]] = {
     "paper-5d": {"width": 64, "enc_blk_nums": [1, 1, 1, 28], "middle_blk_num": 1, "dec_blk_nums": [1, 1, 1, 1]},
@@ -440,7 +445,7 @@ def load_state_dict_strict(
     Accepted inputs:
       * a raw ``{name: tensor}`` state dict;
       * a checkpoint dict holding ``params`` and/or ``params_ema`` (BasicSR; evaluation uses ``params_ema``,
-        spec gotcha 8), or ``state_dict`` / ``model`` (generic). ``key`` selects the entry; if it is missing
+        docs/method.md §6 item 8), or ``state_dict`` / ``model`` (generic). ``key`` selects the entry; if it is missing
         the other of ``params``/``params_ema`` is used, a warning is logged and the report says so.
 
     Key normalisation: leading ``module.`` (DataParallel/DDP) and ``backbone.`` prefixes are stripped. If any

@@ -1,8 +1,8 @@
 """Restormer backbone (the MaskDCPT repo variant) with SparK-style masked computation.
 
-Spec: ``shared/docs/maskdcpt-method.md`` §1.7 (the repo's Restormer: ``nn.LayerNorm`` over channels instead of
+Spec: ``docs/method.md`` §1.7 (the repo's Restormer: ``nn.LayerNorm`` over channels instead of
 the BiasFree/WithBias custom LN, masking points of the ``Mask*`` variant, DCPT classifier features
-``decoder_level{1,2,3}`` with dims ``[96, 96, 192]``), §1.3 (masking semantics shared with NAFNet), gotcha 7.
+``decoder_level{1,2,3}`` with dims ``[96, 96, 192]``), §1.3 (masking semantics shared with NAFNet), §6 item 7.
 Architecture: Zamir et al., "Restormer: Efficient Transformer for High-Resolution Image Restoration", CVPR 2022
 (multi-Dconv head transposed attention "MDTA" and gated-Dconv feed-forward "GDFN", Sec. 3.1-3.2).
 
@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from maskdcpt.models.masking import expand_mask, level_masks
+from maskdcpt.models.masking import level_masks
 from maskdcpt.models.nafnet import LayerNorm2d, _prepare_block_mask
 
 __all__ = [
@@ -63,7 +63,7 @@ class Attention(nn.Module):
     channel x channel: ``softmax(q k^T * temperature) v`` (``temperature`` learnable, shape ``(heads, 1, 1)``,
     init 1); ``project_out`` 1x1.
 
-    Masked path (spec §1.7): the ``qkv_dwconv`` output is multiplied by the mask, so masked positions contribute
+    Masked path (docs/method.md §1.7): ``qkv_dwconv``'s output is multiplied by the mask, so masked positions contribute
     zero to ``q k^T`` (a sum over positions) and carry ``v = 0``; the output at a masked position is therefore
     ``project_out(0)`` (= its bias, 0 with ``bias=False``): content-free.
 
@@ -100,7 +100,7 @@ class FeedForward(nn.Module):
     """Gated-Dconv feed-forward network (GDFN; Restormer Sec. 3.2) with optional output re-masking.
 
     ``project_in`` 1x1 (dim -> 2 hidden), ``dwconv`` 3x3 depthwise, ``gelu(x1) * x2``, ``project_out`` 1x1
-    (hidden -> dim), hidden = ``int(dim * ffn_expansion_factor)`` (2.66 in the paper). Masked path (spec §1.7):
+    (hidden -> dim), hidden = ``int(dim * ffn_expansion_factor)`` (paper: 2.66). Masked path (docs/method.md §1.7):
     the output is multiplied by the mask (the depthwise conv leaks across patch borders).
 
     Shape: ``forward(x [N, dim, H, W], mask None | [N, 1, H, W]) -> [N, dim, H, W]``.
@@ -123,7 +123,7 @@ class TransformerBlock(nn.Module):
     """Restormer block: ``x = x + attn(norm1(x)); x = x + ffn(norm2(x))`` (Restormer Fig. 2).
 
     ``norm1``/``norm2`` are :class:`~maskdcpt.models.nafnet.LayerNorm2d` (``nn.LayerNorm`` over channels, with
-    bias, eps 1e-5: the repo variant, spec §1.7). Masked path: each LN output is multiplied by the mask
+    bias, eps 1e-5: the repo variant, docs/method.md §1.7). Masked path: each LN output is multiplied by the mask
     (``MaskLayerNorm2d``), the attention and FFN re-mask internally (see :class:`Attention`,
     :class:`FeedForward`), so a block maps content-free masked positions to content-free masked positions.
 
@@ -173,7 +173,7 @@ class OverlapPatchEmbed(nn.Module):
     """``proj`` Conv3x3 (in_c -> embed_dim): ``[N, in_c, H, W] -> [N, embed_dim, H, W]`` (Restormer Sec. 3).
 
     Masked path: the output is multiplied by the mask (``[N, 1, H, W]``), removing what the 3x3 conv leaks
-    across patch borders and its bias (the NAFNet ``intro`` rule, spec §1.3).
+    across patch borders and its bias (the NAFNet ``intro`` rule, docs/method.md §1.3).
     """
 
     def __init__(self, in_c: int = 3, embed_dim: int = 48, bias: bool = False) -> None:
@@ -189,7 +189,7 @@ class Downsample(nn.Module):
     """``conv`` 3x3 (c -> c/2, no bias) then ``PixelUnshuffle(2)``: ``[N, c, H, W] -> [N, 2c, H/2, W/2]``.
 
     Masked path: the conv output is multiplied by the mask at the input resolution before the unshuffle
-    (spec §1.7). Each 2x2 unshuffle group lies inside one mask patch when the patch is >= 2 pixels wide at this
+    (docs/method.md §1.7). Each 2x2 unshuffle group lies in one mask patch when the patch is >= 2 pixels wide at this
     level, so no masked/visible mixing happens.
     """
 
@@ -223,7 +223,7 @@ class Upsample(nn.Module):
 
 
 class Restormer(nn.Module):
-    """Restormer U-Net (3 downsamplings) in the MaskDCPT repo variant (spec §1.7).
+    """Restormer U-Net (3 downsamplings) in the MaskDCPT repo variant (docs/method.md §1.7).
 
     Modules (c = ``dim``): ``patch_embed.proj`` Conv3x3(in -> c); ``encoder_level1`` (c),
     ``down1_2``, ``encoder_level2`` (2c), ``down2_3``, ``encoder_level3`` (4c), ``down3_4``, ``latent`` (8c);
@@ -241,15 +241,15 @@ class Restormer(nn.Module):
         heads: attention heads per level ([1, 2, 4, 8]); ``decoder_level1``/``refinement`` use ``heads[0]``.
         ffn_expansion_factor: 2.66.
         bias: conv bias in the attention, FFN, patch embedding, channel reduction and output convs (False).
-        mask_patch_size: patch size of the pre-training mask (16, the paper's default, spec §1.7). Must be a
+        mask_patch_size: patch size of the pre-training mask (16, the paper's default, docs/method.md §1.7). Must be a
             multiple of ``2**3 = 8`` so that the patch is at least 1 pixel at the latent level and every
-            pixel-(un)shuffle group above it lies inside one patch (spec §1.3 "patch >= 2**levels").
+            pixel-(un)shuffle group above it lies inside one patch (docs/method.md §1.3 "patch >= 2**levels").
 
     Attributes:
         padder_size: 8 (``2**3``); H and W of the plain network's input must be multiples of it (test YAMLs).
         mask_patch_size: see above; masked inputs need H, W multiples of it.
         feature_dims: ``[2c, 2c, 4c]`` (decoder_level1@H, decoder_level2@H/2, decoder_level3@H/4), the DCPT
-            classifier dims ``[96, 96, 192]`` for c = 48 (spec §1.7).
+            classifier dims ``[96, 96, 192]`` for c = 48 (docs/method.md §1.7).
         last_dim: 2c, the channels of the ``last`` feature (input of the reconstruction head).
 
     Raises:
@@ -333,6 +333,11 @@ class Restormer(nn.Module):
                 nn.init.zeros_(module.bias)
 
     @property
+    def pad_multiple(self) -> int:
+        """Side multiple of the input (``restore`` pads to it): ``padder_size`` = 2**3 (8)."""
+        return self.padder_size
+
+    @property
     def feature_dims(self) -> list[int]:
         """Channels of the ``forward_features`` list, full resolution first: ``[2 dim, 2 dim, 4 dim]``."""
         return [2 * self.dim, 2 * self.dim, 4 * self.dim]
@@ -353,7 +358,7 @@ class Restormer(nn.Module):
             what = "mask_patch_size" if masked else "padder_size"
             raise ValueError(
                 f"input H and W must be multiples of {what}={p}, got H={h}, W={w}; pad the input outside the "
-                "network (spec §5.3)"
+                "network (docs/method.md §5.3)"
             )
 
     def _level_masks(self, mask: torch.Tensor, inp: torch.Tensor) -> list[torch.Tensor]:
@@ -363,7 +368,7 @@ class Restormer(nn.Module):
     def forward_features(
         self, inp: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Run everything but the ``output`` conv (the paper's "encoder", spec §1.1) and collect decoder features.
+        """Run everything but the ``output`` conv (paper's "encoder", docs/method.md §1.1) and collect decoder features.
 
         Args:
             inp: ``[N, img_channel, H, W]``; H, W multiples of ``padder_size`` (8) without a mask, of
@@ -371,7 +376,7 @@ class Restormer(nn.Module):
             mask: None (plain) or Bool ``[N, 1, H/p, W/p]`` (p = ``mask_patch_size``, True = visible); float
                 {0, 1} masks are accepted.
 
-        Masked semantics (spec §1.3 / §1.7): the input is zeroed at masked pixels; the outputs of the patch
+        Masked semantics (docs/method.md §1.3 / §1.7): the input is zeroed at masked pixels; the outputs of the patch
         embedding, of every Down/Upsample conv, of every LN, of every ``qkv`` depthwise conv and of every FFN
         are multiplied by the mask at their resolution; channel concatenation and the 1x1 ``reduce_chan`` convs
         are per-position. Hence masked positions stay content-free at every depth (exactly 0 with
@@ -381,7 +386,7 @@ class Restormer(nn.Module):
             ``(last, feats)``: ``last`` = refinement output ``[N, 2 dim, H, W]`` (F_l, input of the
             reconstruction head; ``forward`` applies ``output`` to it); ``feats`` = ``[decoder_level1
             [N, 2 dim, H, W], decoder_level2 [N, 2 dim, H/2, W/2], decoder_level3 [N, 4 dim, H/4, W/4]]``
-            (full resolution first; the DCPT ``decoder_level`` hooks, spec §1.7).
+            (full resolution first; the DCPT ``decoder_level`` hooks, docs/method.md §1.7).
 
         Raises:
             ValueError: on a bad input or mask shape.
@@ -403,7 +408,7 @@ class Restormer(nn.Module):
         return last, [dec1, dec2, dec3]
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
-        """Plain restoration ``output(forward_features(inp)[0]) + inp`` (spec §1.7).
+        """Plain restoration ``output(forward_features(inp)[0]) + inp`` (docs/method.md §1.7).
 
         Args:
             inp: ``[N, img_channel, H, W]``, H and W multiples of ``padder_size`` (8); no internal padding.
@@ -420,7 +425,7 @@ class Restormer(nn.Module):
 
 #: Named configurations for :func:`build_restormer`. ``paper`` is the standard Restormer (``build_backbone``
 #: also accepts the alias ``paper-5d``)
-#: (spec §1.7, 26,126,644 parameters); ``cpu-default`` and ``tiny`` are small variants for CPU runs and tests.
+#: (docs/method.md §1.7, 26,126,644 parameters); ``cpu-default`` and ``tiny`` are small variants for CPU runs and tests.
 RESTORMER_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"dim": 48, "num_blocks": [4, 6, 6, 8], "num_refinement_blocks": 4, "heads": [1, 2, 4, 8],
               "ffn_expansion_factor": 2.66},

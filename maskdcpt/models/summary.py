@@ -69,16 +69,16 @@ def model_summary(
     real computation, so the 67.9 M-parameter NAFNet is summarised in well under a second.
 
     Args:
-        arch: ``"nafnet"`` or ``"restormer"``.
+        arch: one of ``maskdcpt.models.ARCHS`` (``nafnet``, ``restormer``, ``promptir``, ``swinir``).
         preset: a preset of ``BACKBONE_PRESETS[arch]`` (``paper``/``paper-5d`` accepted for both).
-        size: input ``(H, W)`` in pixels; must be multiples of the network's ``padder_size`` (16 / 8).
+        size: input ``(H, W)`` in pixels; must be multiples of the network's ``pad_multiple`` (16 / 8 / 8 / 8).
         batch: batch size of the counted forward pass (FLOPs scale linearly).
         device: where to build the network (``"meta"`` default, or ``"cpu"``).
 
     Returns:
         dict: ``arch``, ``preset`` (canonical name), ``parameters`` (int), ``trainable_parameters``,
         ``modules`` ({top-level child: parameters}, in definition order), ``input`` ([batch, C, H, W]),
-        ``flops`` (forward FLOPs, 2 x MACs), ``macs`` (flops / 2), ``gflops``, ``flops_by_module`` ({top-level
+        ``pad_multiple`` (int), ``flops`` (forward FLOPs, 2 x MACs), ``macs`` (flops / 2), ``gflops``, ``flops_by_module`` ({top-level
         child: FLOPs}), ``flop_convention`` (str).
 
     Raises:
@@ -94,7 +94,7 @@ def model_summary(
     h, w = int(size[0]), int(size[1])
     with torch.device(device):
         model = build_backbone(arch, preset)
-    p = model.padder_size
+    p = int(getattr(model, "pad_multiple", model.padder_size))
     if h % p or w % p:
         raise ValueError(f"--size {h} {w}: H and W must be multiples of {p} for {arch} (pad the input)")
     modules = {name: count_parameters(child) for name, child in model.named_children()}
@@ -110,6 +110,7 @@ def model_summary(
         "trainable_parameters": count_parameters(model, trainable_only=True),
         "modules": modules,
         "input": [batch, model.img_channel, h, w],
+        "pad_multiple": p,
         "flops": total,
         "macs": total // 2,
         "gflops": round(total / 1e9, 3),
