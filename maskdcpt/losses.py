@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["FocalLoss", "focal_loss", "maskdcpt_loss"]
+__all__ = ["FocalLoss", "focal_loss", "maskdcpt_loss", "psnr_loss", "relative_l1_loss", "restoration_loss", "RESTORATION_LOSSES"]
 
 
 def focal_loss(logits: torch.Tensor, labels: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
@@ -88,3 +88,54 @@ def maskdcpt_loss(
     focal = focal_loss(logits, labels, gamma)
     total = alpha * l1 + focal
     return total, {"l1": l1.detach(), "focal": focal.detach()}
+
+
+#: Fine-tuning pixel losses (params ``finetune.loss``).
+RESTORATION_LOSSES = ("l1", "psnr", "relative_l1")
+
+
+def psnr_loss(restored: torch.Tensor, gt: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Negative PSNR per sample, averaged: ``mean_i 10 log10(MSE_i + eps)`` in dB (lower is better).
+
+    The PSNR loss of NAFNet's official training configs (Chen et al., "Simple Baselines for Image Restoration",
+    ECCV 2022; ``PSNRLoss`` in its BasicSR fork): each sample's gradient is scaled by ``1 / MSE_i``, so a
+    batch mixing degradations of very different error sizes (haze, low light vs. noise, rain) weighs every
+    sample by its relative, not absolute, error. ``[B, C, H, W]`` twice, any range; returns a scalar.
+
+    Raises ``ValueError`` if the shapes differ.
+    """
+    if restored.shape != gt.shape:
+        raise ValueError(f"restored {tuple(restored.shape)} and gt {tuple(gt.shape)} must have the same shape")
+    mse = (restored - gt).pow(2).flatten(1).mean(1)
+    return (10.0 * torch.log10(mse + eps)).mean()
+
+
+def relative_l1_loss(restored: torch.Tensor, gt: torch.Tensor, lq: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
+    """Mean over samples of ``L1(restored_i, gt_i) / max(L1(lq_i, gt_i), floor)``: the share of the input's own
+    error that is left (1 for the identity, < 1 when the sample is restored), so every degradation counts by
+    its relative improvement whatever the size of its error. ``[B, C, H, W]`` three times; scalar.
+    Raises ``ValueError`` if the shapes differ."""
+    if not (restored.shape == gt.shape == lq.shape):
+        raise ValueError(f"restored {tuple(restored.shape)}, gt {tuple(gt.shape)} and lq {tuple(lq.shape)} "
+                         "must have the same shape")
+    err = (restored - gt).abs().flatten(1).mean(1)
+    ref = (lq - gt).abs().flatten(1).mean(1).clamp(min=floor)
+    return (err / ref.detach()).mean()
+
+
+def restoration_loss(restored: torch.Tensor, gt: torch.Tensor, kind: str = "l1",
+                     lq: torch.Tensor | None = None) -> torch.Tensor:
+    """The fine-tuning pixel loss ``kind`` (:data:`RESTORATION_LOSSES`): ``l1`` (mean absolute error, the DCPT
+    fine-tune configs), ``psnr`` (:func:`psnr_loss`) or ``relative_l1`` (:func:`relative_l1_loss`, needs
+    ``lq``). Raises ``ValueError`` for another kind, a shape mismatch or a missing ``lq``."""
+    if kind == "relative_l1":
+        if lq is None:
+            raise ValueError("the relative_l1 loss needs the LQ input")
+        return relative_l1_loss(restored, gt, lq)
+    if kind == "l1":
+        if restored.shape != gt.shape:
+            raise ValueError(f"restored {tuple(restored.shape)} and gt {tuple(gt.shape)} must have the same shape")
+        return F.l1_loss(restored, gt, reduction="mean")
+    if kind == "psnr":
+        return psnr_loss(restored, gt)
+    raise ValueError(f"unknown restoration loss {kind!r}; expected one of {RESTORATION_LOSSES}")

@@ -178,9 +178,15 @@ class FinetuneParams(Group):
     variants: dict[str, VariantParams] = {
         "maskdcpt": VariantParams(init="pretrained", init_dep="models/pretrain"),
         "scratch": VariantParams(init="random", init_dep="maskdcpt/models")}
-    steps: PosInt = 1000
+    steps: PosInt = 3000
     batch_size: PosInt = 8
-    lr: PosFloat = 3.0e-4
+    lr: PosFloat = 1.0e-3
+    #: l1 | psnr (per-sample -10 log10 MSE, NAFNet's) | relative_l1 (docs/method.md, README "diagnosis")
+    loss: Literal["l1", "psnr", "relative_l1"] = "psnr"
+    #: zeros: the output conv starts at zero, so training starts at the identity (output = LQ) | default
+    head_init: Literal["zeros", "default"] = "zeros"
+    #: per-class validation PSNR every N steps (MLflow + reports/finetune/); 0: off
+    eval_every: NonNegInt = 100
     eta_min: NonNegFloat = 1.0e-6
     weight_decay: NonNegFloat = 0.0
     ema_decay: Annotated[Real, Field(ge=0.0, lt=1.0)] = 0.999
@@ -201,6 +207,36 @@ class RegisterParams(Group):
     model_name: str = ""
     min_gain_db: Real = 0.0
     max_drop_db: NonNegFloat = 1.0
+
+
+class DataParams(Group):
+    """How training, validation and evaluation read the pairs: streamed from the tar shards."""
+
+    #: DataLoader worker processes decoding the PNGs (0: in the training process)
+    num_workers: NonNegInt = 1
+    #: samples in each worker's shuffle buffer (0: shard order only)
+    shuffle_buffer: NonNegInt = 256
+    #: error: stop naming the shard and key | skip: count it (logged to MLflow as data_skipped)
+    on_bad_sample: Literal["error", "skip"] = "error"
+    #: a folder or s3:// prefix holding the shards (empty: data/pairs)
+    shards: str = ""
+    s3_endpoint_url: str = ""
+    #: a DataLoader worker silent this long (seconds) is an error, never a hang
+    timeout_s: PosFloat = 600.0
+
+
+class StudyParams(Group):
+    """``maskdcpt study``: seeds x variants on the same data and held-out pairs (its options override these)."""
+
+    seeds: PosInt = 3
+    variants: list[Literal["maskdcpt", "scratch", "scratch_matched"]] = ["maskdcpt", "scratch", "scratch_matched"]
+    #: bootstrap interval coverage
+    level: Annotated[Real, Field(gt=0.0, lt=1.0)] = 0.95
+    #: Monte Carlo replicates (exact enumeration when the case is small)
+    n_boot: PosInt = 10000
+    bootstrap_seed: NonNegInt = 0
+    #: runs at once on this machine (without a work pool)
+    parallel: PosInt = 1
 
 
 class TrackingParams(Group):
@@ -262,6 +298,8 @@ class Params(Group):
     evaluate: EvaluateParams = EvaluateParams()
     register_: RegisterParams = Field(RegisterParams(), alias="register")
     tracking: TrackingParams = TrackingParams()
+    data: DataParams = DataParams()
+    study: StudyParams = StudyParams()
     training_sets: TrainingSetsParams | None = None
     benchmarks: PublicBenchmarksParams | None = None
 

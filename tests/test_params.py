@@ -2,6 +2,7 @@
 composing presets, and the schema as the one place defaults live."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -71,7 +72,8 @@ def test_benchmark_entries_must_be_task_classes_unless_unseen():
 
 
 def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
-    text = (REPO / "params.yaml").read_text().replace("  lr: 3.0e-4", "  lr: 1e-4", 1)
+    text, n = re.subn(r"(?m)^  lr: \S+", "  lr: 1e-4", (REPO / "params.yaml").read_text(), count=1)
+    assert n == 1
     assert load_params(_project(tmp_path, text))["finetune"]["lr"] == pytest.approx(1e-4)
 
 

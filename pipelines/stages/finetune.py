@@ -59,6 +59,7 @@ def finetune(params: dict[str, Any], root: Path, variant: str) -> dict[str, Any]
                {k: v for k, v in summary.items() if k not in ("init_report", "diagnostics")})
     mlflow.log_dict(summary["init_report"], "finetune/init_report.json")
     history = summary.pop("diagnostics", [])
+    (root / FINETUNE_REPORTS / variant).mkdir(parents=True, exist_ok=True)  # a DVC out, present even when empty
     if history:
         from maskdcpt.atomic import atomic_write_json
         from maskdcpt.train.diagnostics import plot_curves

@@ -46,6 +46,7 @@ def pretrain(params: dict[str, Any], root: Path) -> dict[str, Any]:
     confusion = summary.pop("confusion", None)
     if not lead:
         return summary
+    (root / PRETRAIN_REPORTS).mkdir(parents=True, exist_ok=True)  # a DVC out, present even without a val split
     if confusion is not None:
         from maskdcpt.atomic import atomic_write_json
         from maskdcpt.train.diagnostics import confusion_report, plot_confusion
