@@ -2,9 +2,11 @@
 
 * :func:`piqe`: PIQE, Venkatanath N., Praneeth D., Maruthi Chandrasekhar Bh., S. S. Channappayya and
   S. S. Medasani, "Blind image quality evaluation using perception based features", Twenty First National
-  Conference on Communications (NCC), 2015, doi:10.1109/NCC.2015.7084843. Implemented here from the paper's
-  description; it needs no trained weights. The paper reports it with pyiqa (maskdcpt-method.md §5.3); our
-  numbers are not claimed to equal pyiqa's or MATLAB's to the last digit.
+  Conference on Communications (NCC), 2015, doi:10.1109/NCC.2015.7084843. Implemented here from the paper and
+  MATLAB's documented ``piqe`` behaviour (8-bit grey input, 16x16 blocks, symmetric padding of partial blocks);
+  it needs no trained weights. The paper reports it with pyiqa (docs/method.md §5.3). Agreement with the
+  published MATLAB values on the five calibration images that the pyiqa wheel ships is pinned by
+  ``tests/test_piqe_matlab.py`` (README, "PIQE").
 * LPIPS, NIQE, BRISQUE and FID need pretrained weights or fitted model parameters. Nothing is downloaded at
   run time: :func:`weighted_metric_unavailable` says in one line why such a metric is skipped, and
   :func:`no_reference_scores` records that line instead of a value.
@@ -21,9 +23,10 @@ import numpy as np
 
 __all__ = ["piqe", "piqe_maps", "WEIGHTED_METRICS", "weighted_metric_unavailable", "no_reference_scores"]
 
-# PIQE constants (paper §2-3): block size N, the MSCN Gaussian window (7x7, sigma 7/6) and stabiliser C = 1
-# (on 8-bit grey levels), the spatial-activity threshold T_A on the block's MSCN variance, edge segments of 6
-# pixels with the low-activity threshold T_E, and the score's stabiliser C1.
+# PIQE constants (paper §2-3): block size N, the MSCN Gaussian window (7x7, sigma 7/6, replicated borders as
+# MATLAB's imgaussfilt) and stabiliser C = 1 (on 8-bit grey levels), the spatial-activity threshold T_A on the
+# block's MSCN variance, edge segments of 6 pixels with the low-activity threshold T_E, and the score's
+# stabiliser C1.
 BLOCK = 16
 MSCN_WINDOW = 7
 MSCN_SIGMA = 7.0 / 6.0
@@ -32,6 +35,8 @@ ACTIVITY_THRESHOLD = 0.1
 SEGMENT = 6
 EDGE_THRESHOLD = 0.1
 C1 = 1.0
+#: MATLAB rgb2gray's weights (the first row of the inverse of the NTSC YIQ matrix)
+RGB2GRAY = np.linalg.inv(np.array([[1.0, 0.956, 0.621], [1.0, -0.272, -0.647], [1.0, -1.106, 1.703]]))[0]
 
 #: Metrics that need weights or fitted parameters: name -> what they need.
 WEIGHTED_METRICS: dict[str, str] = {
@@ -50,19 +55,20 @@ def _gray255(img: np.ndarray) -> np.ndarray:
         a = a[..., :3]
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
         raise ValueError(f"expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image, got shape {a.shape}")
+    # MATLAB's piqe works on 8-bit grey levels: other types are first quantised as im2uint8 (round half up)
     if a.dtype == np.uint8:
         f = a.astype(np.float64)
     elif a.dtype == np.uint16:
-        f = a.astype(np.float64) * (255.0 / 65535.0)
+        f = np.floor(a.astype(np.float64) / 257.0 + 0.5)
     elif a.dtype.kind in "fb":
         f = a.astype(np.float64)
         if not np.isfinite(f).all():
             raise ValueError("image contains NaN or inf")
-        f = np.clip(f, 0.0, 1.0) * 255.0
+        f = np.floor(np.clip(f, 0.0, 1.0) * 255.0 + 0.5)
     else:
         raise ValueError(f"unsupported dtype {a.dtype}")
-    if f.ndim == 3:  # ITU-R BT.601 luma weights (as MATLAB rgb2gray)
-        f = f @ np.array([0.298936, 0.587043, 0.114021])
+    if f.ndim == 3:  # MATLAB rgb2gray on uint8: BT.601 luma weights, rounded back to 8 bits
+        f = np.floor(f @ RGB2GRAY + 0.5)
     return f
 
 
@@ -70,7 +76,7 @@ def piqe_maps(img: np.ndarray) -> dict[str, Any]:
     """PIQE with its intermediate block decisions (see :func:`piqe` for the definition).
 
     Returns ``{"score", "active", "noticeable", "noisy", "block_variance", "num_active"}`` where the block maps
-    are ``(H // 16, W // 16)`` arrays (bool, bool, bool, float64).
+    are ``(ceil(H / 16), ceil(W / 16))`` arrays (bool, bool, bool, float64).
     """
     import cv2
 
@@ -78,6 +84,9 @@ def piqe_maps(img: np.ndarray) -> dict[str, Any]:
     h, w = g.shape
     if h < BLOCK or w < BLOCK:
         raise ValueError(f"PIQE needs an image of at least {BLOCK}x{BLOCK} px, got {h}x{w}")
+    # a partial block at the bottom/right is completed by symmetric padding (as MATLAB's piqe)
+    g = np.pad(g, ((0, -h % BLOCK), (0, -w % BLOCK)), mode="symmetric")
+    h, w = g.shape
     mu = cv2.GaussianBlur(g, (MSCN_WINDOW, MSCN_WINDOW), MSCN_SIGMA, borderType=cv2.BORDER_REPLICATE)
     var = cv2.GaussianBlur(g * g, (MSCN_WINDOW, MSCN_WINDOW), MSCN_SIGMA, borderType=cv2.BORDER_REPLICATE) - mu**2
     mscn = (g - mu) / (np.sqrt(np.abs(var)) + MSCN_C)
@@ -105,9 +114,8 @@ def piqe_maps(img: np.ndarray) -> dict[str, Any]:
     beta = np.divide(np.abs(s_blk - ratio), denom, out=np.zeros_like(denom), where=denom > 0)
     noisy = active & (s_blk > 2.0 * beta)
 
-    # Per-block distortion D_k: 1 for a noticeable distortion, the block's MSCN variance for noise (both: the
-    # sum), capped at 1 so that the score stays in [0, 100].
-    d = np.minimum(1.0, noticeable.astype(np.float64) + np.where(noisy, v, 0.0))
+    # Per-block distortion D_k (paper §3): 1 - v_k for a noticeable distortion, v_k for noise, 1 for both.
+    d = np.where(noticeable, 1.0 - v, 0.0) + np.where(noisy, v, 0.0)
     n_active = int(active.sum())
     score = 100.0 * (float(d[active].sum()) + C1) / (n_active + C1)
     return {"score": score, "active": active, "noticeable": noticeable, "noisy": noisy, "block_variance": v,
@@ -117,13 +125,16 @@ def piqe_maps(img: np.ndarray) -> dict[str, Any]:
 def piqe(img: np.ndarray) -> float:
     """PIQE no-reference quality score in [0, 100], higher = worse (Venkatanath et al., NCC 2015).
 
-    Steps (paper §2-3): grey image on the 0-255 scale (BT.601 luma for RGB); MSCN coefficients
-    ``(I - mu) / (sigma + 1)`` with a 7x7 Gaussian window (sigma 7/6); non-overlapping 16x16 blocks (a partial
-    block at the right/bottom is ignored); a block is spatially active when the variance of its MSCN
-    coefficients exceeds 0.1; an active block is *noticeably distorted* when a 6-px segment of one of its edges
-    has an MSCN standard deviation below 0.1, and *noisy* when it meets the centre-surround criterion
-    (:func:`piqe_maps`); ``PIQE = 100 (sum_k D_k + 1) / (N_active + 1)`` with ``D_k`` = 1 for a noticeable
-    distortion, the block variance for noise (capped at 1). An image without active blocks scores 100.
+    Steps (paper §2-3, MATLAB ``piqe``): the image quantised to 8 bits (as ``im2uint8``) and, for RGB, made grey as
+    MATLAB's ``rgb2gray`` (BT.601 weights, rounded); a partial 16x16 block at the bottom/right completed by
+    symmetric padding; MSCN coefficients ``(I - mu) / (sigma + 1)`` with a 7x7 Gaussian window (sigma 7/6,
+    replicated borders); non-overlapping 16x16 blocks; a block is spatially active when the (N - 1 normalised)
+    variance ``v_k`` of its MSCN coefficients exceeds 0.1; an active block is *noticeably distorted* when one of
+    the 11 overlapping 6-px segments of one of its four edges has an MSCN standard deviation below 0.1, and
+    *noisy* when it meets the centre-surround criterion (:func:`piqe_maps`); ``PIQE = 100 (sum_k D_k + 1) /
+    (N_active + 1)`` with ``D_k = 1 - v_k`` for a noticeable distortion, ``v_k`` for noise, 1 for both. An image
+    without active blocks scores 100. (As in MATLAB, a noticeably distorted block with ``v_k > 1`` lowers the
+    score; natural images rarely have one.)
 
     Behaviour measured on packaged photos (tests/test_metrics_conventions.py): the score rises strictly with
     Gaussian noise from sigma 15 to 75 (8-bit scale) and with Gaussian blur from sigma 0.5 to 1.5, and saturates
