@@ -1,7 +1,8 @@
-"""In-memory paired datasets read from the synthesized shards, and the training-batch sampler.
+"""In-memory paired datasets read from the synthesized shards, and the with-replacement batch sampler.
 
-At CPU scale every training pair fits in memory (192 crops x 5 classes x 96^2 px is about 100 MB as float32), so
-the sampler indexes tensors directly; at paper scale the same shards stream from object storage.
+The training stages stream their data instead (:mod:`maskdcpt.data.stream`: epochs, ranks, workers, exact
+resume, memory independent of the set size); these helpers remain for small in-memory experiments and the
+benchmarks that compare against them.
 """
 
 from __future__ import annotations

@@ -1,15 +1,17 @@
 """The DeepSpeed training engine shared by pre-training and fine-tuning.
 
 One training function for every scale: ``deepspeed.initialize`` wraps the model and a *torch* AdamW (passing a
-torch optimizer avoids JIT-building DeepSpeed's FusedAdam on CPU, stack-probe.md §2; torch's own fused kernel is
+torch optimizer avoids JIT-building DeepSpeed's FusedAdam on CPU, docs/stack.md §2.2; torch's own fused kernel is
 used where it applies). By default it runs one
 process on CPU with the gloo backend, setting the single-process variables (``RANK=0``, ``WORLD_SIZE=1``, ...)
 itself; under the ``deepspeed`` launcher or ``torchrun`` the variables are already set and N processes train
 data-parallel (nccl on GPUs).
 
-Determinism and resumption: the batch and the mask of step ``s`` are drawn from generators seeded with
-``(seed, step, rank)`` only, so the data order needs no saved iterator: a run resumed from the checkpoint of
-step ``s`` draws exactly the batches an uninterrupted run would have drawn. Checkpoints (``engine.save_checkpoint``
+Determinism and resumption: the mask (and, with ``make_batch``, the batch) of step ``s`` is drawn from
+generators seeded with ``(seed, step, rank)`` only. With a streaming ``data`` loader
+(:class:`maskdcpt.data.stream.StreamLoader`) each rank's position (batches consumed, worker cursors) is written
+beside the checkpoint (``<tag>/data_rank<r>.json``) and restored before the loader starts its workers, so a
+resumed run sees exactly the batches an uninterrupted run would have seen. Checkpoints (``engine.save_checkpoint``
 on all ranks) hold the model, optimizer, LR scheduler, EMA and step; they live under a folder keyed by a hash of
 the training configuration, so a changed configuration never resumes stale state.
 """
@@ -31,6 +33,8 @@ from typing import Any, Callable
 
 import torch
 
+from maskdcpt.atomic import atomic_torch_save  # noqa: F401  (re-exported: the trainers save through it)
+
 log = logging.getLogger(__name__)
 
 
@@ -45,7 +49,7 @@ def init_distributed(backend: str = "gloo") -> tuple[int, int]:
 
     Without a launcher (no ``RANK`` in the environment) it sets ``RANK=0 WORLD_SIZE=1 LOCAL_RANK=0
     MASTER_ADDR=127.0.0.1 MASTER_PORT=<free port>``, without which DeepSpeed falls back to MPI discovery and fails
-    (stack-probe.md §2).
+    (docs/stack.md §2.1).
     """
     import deepspeed
     import deepspeed.comm as dist
@@ -59,7 +63,7 @@ def init_distributed(backend: str = "gloo") -> tuple[int, int]:
 
 
 def shutdown_distributed() -> None:
-    """Barrier then destroy the process group (a clean exit; avoids the stray abort of stack-probe.md §2.3)."""
+    """Barrier then destroy the process group (a clean exit; avoids the stray abort of docs/stack.md §2.3)."""
     import torch.distributed as tdist
 
     if tdist.is_available() and tdist.is_initialized():
@@ -110,11 +114,18 @@ class EMA:
     def update(self, model: torch.nn.Module) -> None:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        floats_s, floats_v = [], []
         for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
+            if v.dtype == torch.float32 and v.device == self.shadow[k].device:
+                floats_s.append(self.shadow[k])
+                floats_v.append(v.detach())
+            elif v.dtype.is_floating_point:
                 self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
             else:
                 self.shadow[k].copy_(v)
+        if floats_s:  # one multi-tensor kernel per op instead of two per tensor (same arithmetic)
+            torch._foreach_mul_(floats_s, d)
+            torch._foreach_add_(floats_s, floats_v, alpha=1 - d)
 
     def state_dict(self) -> dict[str, Any]:
         return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
@@ -138,13 +149,16 @@ def step_generator(seed: int, step: int, rank: int = 0, stream: int = 0) -> torc
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns: final step, last logged values, wall time (s), images/s, resumed-from step."""
+    """What :func:`train` returns: final step, last logged values, wall time (s), images/s, resumed-from step,
+    seconds spent waiting for batches (included in ``seconds``) and the streaming loader's final position."""
 
     step: int
     last: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     images_per_second: float = 0.0
     resumed_from: int = 0
+    data_wait_seconds: float = 0.0
+    data_position: dict[str, Any] | None = None
 
 
 def train(
@@ -155,8 +169,9 @@ def train(
     micro_batch: int,
     steps: int,
     seed: int,
-    make_batch: Callable[[torch.Generator, int], Any],
     compute_loss: Callable[[torch.nn.Module, Any, torch.Generator], tuple[torch.Tensor, dict[str, float]]],
+    make_batch: Callable[[torch.Generator, int], Any] | None = None,
+    data: Any = None,
     grad_clip: float = 0.0,
     lr_lambda: Callable[[int], float] | None = None,
     ema_decay: float | None = None,
@@ -183,7 +198,10 @@ def train(
         micro_batch: samples per process per micro-step.
         steps: optimizer steps in total (the run resumes towards this number).
         seed: base seed; step ``s`` on rank ``r`` draws from :func:`step_generator` ``(seed, s, r)``.
-        make_batch: ``(generator, micro_batch) -> batch`` (tensors in the model's expected layout).
+        make_batch: ``(generator, micro_batch) -> batch`` (tensors in the model's expected layout); or
+        data: a :class:`maskdcpt.data.stream.StreamLoader` with ``batch_size == micro_batch`` (exactly one of the
+            two). The engine binds it to this rank, restores its position from the checkpoint before iterating,
+            records the position with every checkpoint and reports ``data_skipped`` (bad samples skipped).
         compute_loss: ``(module, batch, generator) -> (scalar loss, {name: float})``.
         grad_clip: global gradient-norm clip (0 disables).
         lr_lambda: LR multiplier per step (a torch ``LambdaLR``); ``None`` keeps the LRs constant.
@@ -197,19 +215,33 @@ def train(
         ``(module, ema, result)``: the trained (unwrapped) module, the EMA (or ``None``), and a :class:`TrainResult`.
 
     Raises:
-        FileNotFoundError: ``resume='must'`` and no checkpoint was found.
+        ValueError: neither or both of ``make_batch`` / ``data``, or ``data.batch_size != micro_batch``.
+        FileNotFoundError: ``resume='must'`` and no checkpoint was found (or it lacks this rank's data position).
         FloatingPointError: the loss became NaN or infinite (the step is named).
     """
     import deepspeed
 
+    if (make_batch is None) == (data is None):
+        raise ValueError("pass exactly one of make_batch and data")
+    if data is not None and int(data.batch_size) != int(micro_batch):
+        raise ValueError(f"data.batch_size {data.batch_size} != micro_batch {micro_batch}")
     rank, world = init_distributed(ds_params.get("dist_backend", "gloo"))
+    if data is not None:
+        data.bind(rank, world)
     cfg = deepspeed_config(ds_params, micro_batch, grad_clip)
+    # ZeRO-0 in fp32: torch's multi-tensor clip_grad_norm_ at the accumulation boundary (after DeepSpeed has
+    # averaged the gradients) instead of DeepSpeed's per-tensor loop; the same global-norm clipping.
+    own_clip = (cfg["zero_optimization"]["stage"] == 0 and not cfg["bf16"]["enabled"]
+                and cfg.pop("gradient_clipping", 0.0) > 0)
     channels_last = bool(ds_params.get("channels_last", False))
     optimizer = torch.optim.AdamW(param_groups, betas=(0.9, 0.999), weight_decay=weight_decay,
                                   fused=_can_fuse_adamw(param_groups))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda) if lr_lambda else None
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
                                                            lr_scheduler=scheduler, config=cfg)
+    if world == 1 and cfg["zero_optimization"]["stage"] == 0:
+        # one process: nothing to average, so skip DeepSpeed's flatten / all-reduce / unflatten of every gradient
+        engine.enable_backward_allreduce = False
     if channels_last and cfg["zero_optimization"]["stage"] == 0:
         # 4-D weights in NHWC too, or oneDNN converts every dense 3x3 kernel at every call (the classifier's
         # 1024x1024x3x3 kernels: ~0.7 s per paper-5d pre-training step). After initialize: DeepSpeed's initial
@@ -231,6 +263,12 @@ def train(
             start = int(client["step"])
             if ema is not None and client.get("ema"):
                 ema.load_state_dict(client["ema"])
+            if data is not None:
+                tag_dir = Path(path) if Path(path).is_dir() else Path(path).parent  # DeepSpeed returns the file
+                pos_file = tag_dir / f"data_rank{rank}.json"
+                if not pos_file.is_file():
+                    raise FileNotFoundError(f"checkpoint {path} has no data position for rank {rank} ({pos_file.name})")
+                data.load_state_dict(json.loads(pos_file.read_text()))
             if rank == 0:
                 log.info("resumed from %s at step %d", path, start)
 
@@ -238,6 +276,8 @@ def train(
         if checkpoint_dir is None:
             return
         client = {"step": step, "ema": ema.state_dict() if ema is not None else None}
+        if data is not None:  # before DeepSpeed writes `latest`: a checkpoint it names always has the position
+            _atomic_write_json(Path(checkpoint_dir) / f"step{step}" / f"data_rank{rank}.json", data.state_dict())
         engine.save_checkpoint(str(checkpoint_dir), tag=f"step{step}", client_state=client)
         if rank == 0:  # keep the newest two checkpoints
             tags = sorted((p for p in Path(checkpoint_dir).glob("step*") if p.is_dir()),
@@ -251,17 +291,26 @@ def train(
 
         bar = tqdm(total=steps, initial=start, unit="step", dynamic_ncols=True, mininterval=2.0)
     engine.train()
-    t0, images, last = time.perf_counter(), 0, {}
+    device = getattr(engine, "device", torch.device("cpu"))
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    stream = iter(data) if data is not None and steps > start else None
+    t0, images, last, waited = time.perf_counter(), 0, {}, 0.0
     for step in range(start, steps):
         sums: dict[str, float] = {}
         for micro in range(accum):
             gen = step_generator(seed, step * accum + micro, rank)
-            batch = make_batch(gen, micro_batch)
+            tw = time.perf_counter()
+            batch = next(stream) if stream is not None else make_batch(gen, micro_batch)
+            waited += time.perf_counter() - tw
+            if device.type != "cpu":  # pinned host batches copy asynchronously
+                batch = _to_device(batch, device)
             batch = _cast(batch, dtype, channels_last)
             loss, logs = compute_loss(engine, batch, gen)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}")
             engine.backward(loss)
+            if own_clip and engine.is_gradient_accumulation_boundary():
+                torch.nn.utils.clip_grad_norm_(engine.module.parameters(), grad_clip, foreach=True)
             engine.step()
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / accum
@@ -269,6 +318,8 @@ def train(
         if ema is not None:
             ema.update(engine.module)
         done = step + 1
+        if data is not None and data.on_bad_sample == "skip":
+            sums["data_skipped"] = float(data.skipped)
         last = sums
         if bar is not None:
             elapsed = time.perf_counter() - t0
@@ -285,13 +336,17 @@ def train(
             save(done)
     if bar is not None:
         bar.close()
+    if stream is not None:
+        stream.close()  # stops the DataLoader workers
     if steps > start:
         save(steps)
     if channels_last and cfg["zero_optimization"]["stage"] == 0:
         engine.module.to(memory_format=torch.contiguous_format)
     seconds = time.perf_counter() - t0
     result = TrainResult(step=steps, last=last, seconds=seconds,
-                         images_per_second=images / seconds if seconds > 0 else 0.0, resumed_from=start)
+                         images_per_second=images / seconds if seconds > 0 else 0.0, resumed_from=start,
+                         data_wait_seconds=waited,
+                         data_position=data.state_dict() if data is not None else None)
     return engine.module, ema, result
 
 
@@ -303,6 +358,25 @@ def _can_fuse_adamw(param_groups: list[dict[str, Any]]) -> bool:
     """
     params = [p for group in param_groups for p in group["params"]]
     return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors of a batch onto ``device`` with ``non_blocking=True`` (asynchronous from pinned host memory)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, sort_keys=True))
+    os.replace(tmp, path)
 
 
 def _cast(batch: Any, dtype: torch.dtype, channels_last: bool = False) -> Any:
@@ -372,10 +446,3 @@ def consolidated_state_dict(checkpoint_dir: Path, tag: str | None = None) -> dic
     return {"params": params, "params_ema": (ema or {}).get("shadow"), "step": meta.get("step"), "tag": tag}
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)

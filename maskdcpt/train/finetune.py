@@ -1,6 +1,6 @@
 """All-in-one fine-tuning of the plain (unmasked) NAFNet, from the MaskDCPT backbone or from scratch.
 
-Recipe (maskdcpt-method.md §3.2, the official DCPT 5D fine-tune configs as proxy): L1 loss only, AdamW
+Recipe (docs/method.md §3.2, the official DCPT 5D fine-tune configs as proxy): L1 loss only, AdamW
 (betas 0.9/0.999, wd 0) with LR 3e-4 cosine-annealed to 1e-6, EMA of the weights (decay 0.999), gradient-norm
 clipping 0.01. The scratch baseline runs the identical recipe, seed and data order from a random initialisation.
 The checkpoint is ``{"params": raw weights, "params_ema": EMA weights}`` with the official NAFNet key names.
@@ -9,38 +9,78 @@ The checkpoint is ``{"params": raw weights, "params_ema": EMA weights}`` with th
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from maskdcpt.data.pairs import PairSet, sample_batch
+from maskdcpt.losses import RESTORATION_LOSSES, restoration_loss
+from maskdcpt.data.stream import ShardIndex, StreamLoader, iter_batches
 from maskdcpt.models import build_backbone, load_backbone_state_dict
 from maskdcpt.train import engine
+from maskdcpt.train.diagnostics import PerClassMeter, per_class_psnr, per_sample_l1
 
 
-def finetune_loss(module: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
-                  gen: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """One fine-tuning loss evaluation (the engine's ``compute_loss``): ``L1(module(lq), gt)`` over all pixels.
+def finetune_loss(module: torch.nn.Module, batch: tuple[torch.Tensor, ...],
+                  gen: torch.Generator | None = None,
+                  meter: PerClassMeter | None = None, kind: str = "l1") -> tuple[torch.Tensor, dict[str, float]]:
+    """One fine-tuning loss evaluation (the engine's ``compute_loss``): the pixel loss ``kind`` of
+    ``module(lq)`` against ``gt`` over all pixels (``l1``, ``psnr`` or ``relative_l1``,
+    :func:`maskdcpt.losses.restoration_loss`).
 
-    ``batch`` is ``(lq, gt)``, both ``[N, 3, H, W]`` in [0, 1]; ``gen`` is unused (plain, unmasked forward).
-    Returns ``(scalar loss computed in fp32, {"loss": value})``.
+    ``batch`` is ``(lq, gt)`` or ``(lq, gt, labels)``, images ``[N, 3, H, W]`` in [0, 1], labels ``[N]`` int64;
+    ``gen`` is unused (plain, unmasked forward). With labels and a ``meter``, each sample's L1 is added to its
+    class (:mod:`maskdcpt.train.diagnostics`), whatever the loss.
+    Returns ``(scalar loss computed in fp32, {"loss": value})``; raises ``ValueError`` for an unknown ``kind``.
     """
-    lq, gt = batch
-    loss = F.l1_loss(module(lq).float(), gt.float())
+    lq, gt = batch[0], batch[1]
+    out = module(lq).float()
+    per_sample = per_sample_l1(out, gt)
+    loss = per_sample.mean() if kind == "l1" else restoration_loss(out, gt.float(), kind, lq=lq.float())
+    if meter is not None and len(batch) > 2:
+        meter.update(per_sample.detach(), batch[2])
     return loss, {"loss": float(loss.detach())}
 
 
-def run_finetune(train_set: PairSet, *, model_cfg: dict[str, Any], cfg: dict[str, Any],
+#: The last convolution of each backbone (features -> RGB, added to the input residual).
+OUTPUT_HEADS = ("ending", "output", "conv_last")
+
+
+def zero_output_head(net: torch.nn.Module) -> str:
+    """Zero the weights and bias of the backbone's output convolution (:data:`OUTPUT_HEADS`), so that the
+    network starts as the identity ``restored = lq`` (every backbone adds its input back) and fine-tuning starts
+    from the LQ's PSNR instead of the LQ plus a random image. The residual branches of NAFNet's blocks already
+    start at zero (``beta``/``gamma``), and pre-training never trains this head (MaskDCPT reconstructs through
+    its own head), so the change applies to both the pre-trained and the random variant alike.
+    Returns the head's name; raises ``ValueError`` when the backbone has none of them."""
+    for name in OUTPUT_HEADS:
+        head = getattr(net, name, None)
+        if isinstance(head, torch.nn.Conv2d):
+            with torch.no_grad():
+                head.weight.zero_()
+                if head.bias is not None:
+                    head.bias.zero_()
+            return name
+    raise ValueError(f"{type(net).__name__} has no output convolution named one of {OUTPUT_HEADS}")
+
+
+def run_finetune(train_set: PairSet | StreamLoader, *, model_cfg: dict[str, Any], cfg: dict[str, Any],
                  ds_params: dict[str, Any], seed: int, out_dir: Path, init: str = "random",
                  pretrained: Path | None = None, checkpoint_dir: Path | None = None,
-                 on_log: Callable[[int, dict], None] | None = None, progress: bool = True) -> dict[str, Any]:
+                 on_log: Callable[[int, dict], None] | None = None, progress: bool = True,
+                 val_set: PairSet | ShardIndex | None = None, class_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Fine-tune and write ``out_dir/model.pt`` (``params`` and ``params_ema``) atomically.
 
     Args:
+        train_set: a :class:`StreamLoader` over the training shards (batches of ``(lq, gt)``, ``batch_size`` =
+            ``cfg["batch_size"]``, position checkpointed by the engine) or an in-memory :class:`PairSet`.
         init: ``pretrained`` (load ``pretrained``'s backbone weights, reporting loaded / missing / unexpected keys)
             or ``random``.
         pretrained: the ``backbone.pt`` written by pre-training (required for ``init='pretrained'``).
+        class_names: the task's classes; with them the per-class training L1 (``train_l1_<class>``) is logged
+            every ``log_every`` steps and, with ``val_set`` (equal-size crops), the per-class validation PSNR of
+            the raw weights (``val_psnr_<class>``) every ``cfg["eval_every"]`` steps; both go to ``on_log`` and
+            to the summary's ``diagnostics`` (one row per logged step).
 
     Returns:
         A summary with steps, timing, the last loss and the init report.
@@ -58,24 +98,64 @@ def run_finetune(train_set: PairSet, *, model_cfg: dict[str, Any], cfg: dict[str
             raise FileNotFoundError(f"pre-trained backbone not found: {pretrained}")
         state = torch.load(pretrained, map_location="cpu", weights_only=True)
         report.update(load_backbone_state_dict(net, state, key="params"))
+    head_init = str(cfg.get("head_init", "default"))
+    if head_init == "zeros":
+        report["head_zeroed"] = zero_output_head(net)
+    elif head_init != "default":
+        raise ValueError(f"finetune.head_init must be 'default' or 'zeros', got {head_init!r}")
+    loss_kind = str(cfg.get("loss", "l1"))
+    if loss_kind not in RESTORATION_LOSSES:
+        raise ValueError(f"finetune.loss must be one of {RESTORATION_LOSSES}, got {loss_kind!r}")
     steps, lr = int(cfg["steps"]), float(cfg["lr"])
 
+    streaming = isinstance(train_set, StreamLoader)
+    if streaming:
+        train_set.fields = ("lq", "gt", "labels") if class_names else ("lq", "gt")
+
     def make_batch(gen: torch.Generator, n: int):
-        lq, gt, _ = sample_batch(train_set, gen, n)
-        return lq, gt
+        lq, gt, y = sample_batch(train_set, gen, n)
+        return (lq, gt, y) if class_names else (lq, gt)
+
+    meter = PerClassMeter(class_names) if class_names else None
+    history: dict[int, dict[str, float]] = {}
+
+    def log(step: int, values: dict[str, float]) -> None:
+        values = {**values, **(meter.pop() if meter is not None else {})}
+        history.setdefault(step, {"step": step}).update(values)
+        if on_log:
+            on_log(step, values)
+
+    def on_eval(step: int, module: torch.nn.Module) -> None:
+        if isinstance(val_set, ShardIndex):  # streamed from its shards, one batch decoded at a time
+            batches = iter_batches(val_set, 16, fields=("lq", "gt", "labels"))
+        else:
+            batches = ((val_set.lq[i:i + 16], val_set.gt[i:i + 16], val_set.labels[i:i + 16])
+                       for i in range(0, len(val_set), 16))
+        values = per_class_psnr(module, batches, class_names)
+        history.setdefault(step, {"step": step}).update(values)
+        if on_log:
+            on_log(step, values)
+
+    evaluating = bool(class_names) and val_set is not None and int(cfg.get("eval_every", 0)) > 0
 
     module, ema, result = engine.train(
         net, [{"params": list(net.parameters()), "lr": lr}], ds_params=ds_params,
-        micro_batch=int(cfg["batch_size"]), steps=steps, seed=seed, make_batch=make_batch,
-        compute_loss=finetune_loss, grad_clip=float(cfg.get("grad_clip", 0)),
+        micro_batch=int(cfg["batch_size"]), steps=steps, seed=seed,
+        make_batch=None if streaming else make_batch, data=train_set if streaming else None,
+        compute_loss=lambda m, b, g: finetune_loss(m, b, g, meter, loss_kind), grad_clip=float(cfg.get("grad_clip", 0)),
         lr_lambda=engine.cosine_lambda(steps, lr, float(cfg.get("eta_min", 1e-6))),
         ema_decay=float(cfg.get("ema_decay", 0.999)), checkpoint_dir=checkpoint_dir,
         checkpoint_every=int(cfg.get("checkpoint_every", 0)), log_every=int(cfg.get("log_every", 10)),
-        on_log=on_log, weight_decay=float(cfg.get("weight_decay", 0.0)), progress=progress)
+        on_log=log, on_eval=on_eval if evaluating else None, eval_every=int(cfg.get("eval_every", 0)),
+        weight_decay=float(cfg.get("weight_decay", 0.0)), progress=progress)
     params = {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
     meta = {"arch": model_cfg.get("arch", "nafnet"), "preset": model_cfg.get("preset"), "steps": steps,
             "init": init}
     engine.atomic_torch_save({"params": params, "params_ema": ema.shadow, "meta": meta}, Path(out_dir) / "model.pt")
     return {"steps": result.step, "seconds": round(result.seconds, 2),
             "images_per_second": round(result.images_per_second, 2), "resumed_from": result.resumed_from,
-            "train_loss": result.last.get("loss"), "init_report": report}
+            "data_wait_seconds": round(result.data_wait_seconds, 3),
+            **({"data_epoch": result.data_position["epoch"], "data_skipped": sum(result.data_position["skipped"])}
+               if result.data_position else {}),
+            "train_loss": result.last.get("loss"), "init_report": report,
+            "diagnostics": [history[k] for k in sorted(history)]}

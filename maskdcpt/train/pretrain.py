@@ -1,4 +1,4 @@
-"""MaskDCPT pre-training (paper Sec. IV, maskdcpt-method.md §1-3).
+"""MaskDCPT pre-training (paper Sec. IV, docs/method.md §1-3).
 
 The backbone (NAFNet) sees the patch-masked LQ (16x16 patches, 50 % kept, a new mask per sample and step); the
 degradation-classification decoder reads the decoder-side multi-level features and the reconstruction head
@@ -14,9 +14,11 @@ from typing import Any, Callable
 import torch
 
 from maskdcpt.data.pairs import PairSet, sample_batch
+from maskdcpt.data.stream import ShardIndex, StreamLoader, iter_batches
 from maskdcpt.losses import maskdcpt_loss
 from maskdcpt.models import MaskDCPTModel, build_backbone, param_groups
 from maskdcpt.train import engine
+from maskdcpt.train.diagnostics import PerClassMeter, classifier_predictions, confusion_matrix, per_sample_l1
 
 
 def build_pretrain_model(model_cfg: dict[str, Any], num_classes: int, keep_ratio: float = 0.5) -> MaskDCPTModel:
@@ -31,7 +33,8 @@ def build_pretrain_model(model_cfg: dict[str, Any], num_classes: int, keep_ratio
 
 
 def pretrain_loss(module: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-                  gen: torch.Generator, alpha: float = 1.0, gamma: float = 2.0) -> tuple[torch.Tensor, dict[str, float]]:
+                  gen: torch.Generator, alpha: float = 1.0, gamma: float = 2.0,
+                  meter: PerClassMeter | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """One pre-training loss evaluation (the engine's ``compute_loss``): masked forward, ``alpha*L1 + focal``.
 
     Args:
@@ -39,6 +42,7 @@ def pretrain_loss(module: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tens
         batch: ``(lq [N, 3, H, W], gt [N, 3, H, W], labels [N] int64 in [0, K))``, images in [0, 1].
         gen: the step's generator (:func:`maskdcpt.train.engine.step_generator`).
         alpha, gamma: L1 weight and focal exponent (paper: 1 and 2).
+        meter: when given, each sample's reconstruction L1 is added to its class (diagnostics only).
 
     Returns:
         ``(scalar loss, {"loss", "l1", "focal", "train_acc"})``; the loss is computed in fp32 (also under bf16).
@@ -48,26 +52,39 @@ def pretrain_loss(module: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tens
     total, parts = maskdcpt_loss(out["restored"].float(), gt.float(), out["logits"].float(), y,
                                  alpha=alpha, gamma=gamma)
     acc = (out["logits"].argmax(1) == y).float().mean()
+    if meter is not None:
+        meter.update(per_sample_l1(out["restored"].detach(), gt), y)
     return total, {"loss": float(total.detach()), "l1": float(parts["l1"]), "focal": float(parts["focal"]),
                    "train_acc": float(acc)}
 
 
+def _val_batches(pairs: PairSet | ShardIndex, batch_size: int):
+    """``(lq, labels)`` batches of a validation set: slices of an in-memory :class:`PairSet`, or one ordered
+    streaming pass over a :class:`ShardIndex` (one batch decoded at a time)."""
+    if isinstance(pairs, ShardIndex):
+        yield from iter_batches(pairs, batch_size, fields=("lq", "labels"))
+        return
+    for start in range(0, len(pairs), batch_size):
+        yield pairs.lq[start:start + batch_size], pairs.labels[start:start + batch_size]
+
+
 @torch.no_grad()
-def classification_accuracy(model: MaskDCPTModel, pairs: PairSet, num_classes: int, seed: int,
+def classification_accuracy(model: MaskDCPTModel, pairs: PairSet | ShardIndex, num_classes: int, seed: int,
                             batch_size: int = 16) -> dict[str, float]:
-    """Degradation-classification accuracy of ``model`` on ``pairs`` with masks from a fixed generator.
+    """Degradation-classification accuracy of ``model`` on ``pairs`` (in memory or streamed from its shards, in
+    stored order) with masks from a fixed generator.
 
     Returns ``{"acc": overall, "acc_<k>": per class k}`` as fractions in [0, 1] (classes without samples omitted).
     """
     model.eval()
     gen = torch.Generator().manual_seed(seed)
-    dtype = next(model.parameters()).dtype
+    param = next(model.parameters())
+    dtype = param.dtype
     correct = torch.zeros(num_classes)
     total = torch.zeros(num_classes)
-    for start in range(0, len(pairs), batch_size):
-        lq = pairs.lq[start:start + batch_size].to(dtype)
-        y = pairs.labels[start:start + batch_size]
-        pred = model(lq, generator=gen)["logits"].argmax(1)
+    for lq, y in _val_batches(pairs, batch_size):
+        lq = lq.to(device=param.device, dtype=dtype)
+        pred = model(lq, generator=gen)["logits"].argmax(1).cpu()
         for k in range(num_classes):
             sel = y == k
             total[k] += sel.sum()
@@ -77,12 +94,21 @@ def classification_accuracy(model: MaskDCPTModel, pairs: PairSet, num_classes: i
     return out
 
 
-def run_pretrain(train_set: PairSet, val_set: PairSet | None, *, num_classes: int, model_cfg: dict[str, Any],
+def run_pretrain(train_set: PairSet | StreamLoader, val_set: PairSet | ShardIndex | None, *, num_classes: int, model_cfg: dict[str, Any],
                  cfg: dict[str, Any], ds_params: dict[str, Any], seed: int, out_dir: Path,
                  checkpoint_dir: Path | None = None, on_log: Callable[[int, dict], None] | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, class_names: list[str] | None = None) -> dict[str, Any]:
     """Pre-train and write ``out_dir/model.pt`` (whole network, ``params``) and ``out_dir/backbone.pt``
     (the backbone only, official NAFNet key names, ``params``) atomically.
+
+    ``train_set``: a :class:`StreamLoader` over the training shards (batches of ``(lq, gt, labels)``, its
+    ``batch_size`` = ``cfg["batch_size"]``; the engine binds it to the rank and checkpoints its position) or an
+    in-memory :class:`PairSet` (batches drawn with replacement, :func:`sample_batch`). ``val_set``: a
+    :class:`ShardIndex` (streamed) or :class:`PairSet`.
+
+    With ``class_names`` (the task's classes) the per-class reconstruction L1 (``train_l1_<class>``) is logged
+    every ``log_every`` steps, and the final evaluation adds the validation confusion matrix (rows true, columns
+    predicted; :mod:`maskdcpt.train.diagnostics`) to the summary as ``confusion``.
 
     Returns a summary: steps, seconds, images/s, last losses, final validation accuracy.
     """
@@ -91,13 +117,24 @@ def run_pretrain(train_set: PairSet, val_set: PairSet | None, *, num_classes: in
     groups = param_groups(model, float(cfg["backbone_lr"]), float(cfg["head_lr"]))
     alpha, gamma = float(cfg.get("alpha", 1.0)), float(cfg.get("focal_gamma", 2.0))
 
+    streaming = isinstance(train_set, StreamLoader)
+    if streaming:
+        train_set.fields = ("lq", "gt", "labels")
+
     def make_batch(gen: torch.Generator, n: int):
         return sample_batch(train_set, gen, n)
 
+    meter = PerClassMeter(class_names) if class_names else None
+
     def compute_loss(module, batch, gen):
-        return pretrain_loss(module, batch, gen, alpha=alpha, gamma=gamma)
+        return pretrain_loss(module, batch, gen, alpha=alpha, gamma=gamma, meter=meter)
+
+    def log(step: int, values: dict[str, float]) -> None:
+        if on_log:
+            on_log(step, {**values, **(meter.pop() if meter is not None else {})})
 
     val_log: dict[str, float] = {}
+    confusion: dict[str, Any] = {}
 
     def on_eval(step: int, module) -> None:
         if val_set is None:
@@ -107,13 +144,17 @@ def run_pretrain(train_set: PairSet, val_set: PairSet | None, *, num_classes: in
         val_log.update({f"val_{k}": v for k, v in acc.items()})
         if on_log:
             on_log(step, dict(val_log))
+        if class_names and step == int(cfg["steps"]):
+            true, pred = classifier_predictions(module, _val_batches(val_set, 16), seed)
+            confusion["matrix"] = confusion_matrix(true, pred, num_classes).tolist()
         module.train()
 
     module, _, result = engine.train(
         model, groups, ds_params=ds_params, micro_batch=int(cfg["batch_size"]), steps=int(cfg["steps"]),
-        seed=seed, make_batch=make_batch, compute_loss=compute_loss, grad_clip=float(cfg.get("grad_clip", 0)),
+        seed=seed, make_batch=None if streaming else make_batch, data=train_set if streaming else None,
+        compute_loss=compute_loss, grad_clip=float(cfg.get("grad_clip", 0)),
         checkpoint_dir=checkpoint_dir, checkpoint_every=int(cfg.get("checkpoint_every", 0)),
-        log_every=int(cfg.get("log_every", 10)), on_log=on_log, on_eval=on_eval,
+        log_every=int(cfg.get("log_every", 10)), on_log=log, on_eval=on_eval,
         eval_every=int(cfg.get("eval_every", 0)) or int(cfg["steps"]),
         weight_decay=float(cfg.get("weight_decay", 0.0)), progress=progress)
     state = {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
@@ -125,5 +166,8 @@ def run_pretrain(train_set: PairSet, val_set: PairSet | None, *, num_classes: in
     engine.atomic_torch_save({"params": backbone, "meta": meta}, out_dir / "backbone.pt")
     return {"steps": result.step, "seconds": round(result.seconds, 2),
             "images_per_second": round(result.images_per_second, 2), "resumed_from": result.resumed_from,
+            "data_wait_seconds": round(result.data_wait_seconds, 3),
+            **({"data_epoch": result.data_position["epoch"], "data_skipped": sum(result.data_position["skipped"])}
+               if result.data_position else {}),
             **{f"train_{k}" if not k.startswith("train_") else k: v for k, v in result.last.items()},
-            **val_log}
+            **val_log, **({"confusion": confusion["matrix"]} if confusion else {})}

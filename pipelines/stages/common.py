@@ -107,22 +107,3 @@ def checkpoint_dir(root: Path, stage: str, key: Any) -> Path:
     from maskdcpt.train.engine import config_hash
 
     return root / ".cache" / "checkpoints" / stage / config_hash(key)
-
-
-def benchmark_pairs(root: Path) -> list[dict[str, Any]]:
-    from maskdcpt.data.shards import read_shard
-
-    manifest = pd.read_parquet(root / PAIRS / "manifest.parquet")
-    rows = manifest[manifest["split"] == "benchmark"].reset_index(drop=True)
-    if rows.empty:
-        raise StageFailed("the pair manifest has no benchmark pairs")
-    samples: dict[str, dict] = {}
-    for shard in rows["shard"].unique():
-        for s in read_shard(root / PAIRS / shard):
-            samples[s["key"]] = s
-    pairs = []
-    for r in rows.to_dict("records"):
-        s = samples[r["key"]]
-        pairs.append({"pair_id": r["pair_id"], "label": r["label"], "degradation": r["degradation"],
-                      "image_id": r["image_id"], "lq": s["lq"], "gt": s["gt"]})
-    return pairs

@@ -22,32 +22,38 @@ def evaluate(params: dict[str, Any], root: Path) -> dict[str, Any]:
 
     e = params["evaluate"]
     variants = {v: load_restorer(root / FINETUNED / v / "model.pt") for v in e["variants"]}
-    from maskdcpt.data.stream import SplitPairs, data_params
+    from maskdcpt.data.stream import SplitPairs
 
     manifest = pd.read_parquet(root / PAIRS / "manifest.parquet")
     if not (manifest["split"] == "benchmark").any():
         raise StageFailed("the pair manifest has no benchmark pairs")
-    pairs = SplitPairs(manifest, root / PAIRS, "benchmark", data_params(params))  # streamed, one pair at a time
-    per_image = evaluate_variants(variants, pairs)
-    main = [entry["label"] for entry in params["synthesize"]["benchmark"]
-            if entry["label"] in task_classes(params)]
-    result = summarize(per_image, main)
+    pairs = SplitPairs(manifest, root / PAIRS, "benchmark", params["data"])  # streamed, one pair at a time
     out = root / EVAL_REPORTS
     shutil.rmtree(out, ignore_errors=True)
     (out / "grids").mkdir(parents=True)
+    order = ["lq", *[v for v in ("scratch", "maskdcpt") if v in variants],
+             *[v for v in variants if v not in ("scratch", "maskdcpt")]]
+    shown: dict[str, int] = {}
+
+    def with_grids():
+        # one pass: evaluate_variants restores a pair (pair["outputs"]) before it asks for the next one, so the
+        # grid is drawn then and no pair's images outlive their turn
+        for pair in pairs:
+            yield pair
+            if shown.get(pair["label"], 0) < e["grid_max_images"]:
+                save_grid(pair, order, out / "grids" / f"{pair['label']}__{pair['image_id']}.png")
+                shown[pair["label"]] = shown.get(pair["label"], 0) + 1
+
+    per_image = evaluate_variants(variants, with_grids())
+    main = [entry["label"] for entry in params["synthesize"]["benchmark"]
+            if entry["label"] in task_classes(params)]
+    result = summarize(per_image, main)
     per_image.to_csv(out / "per_image.csv", index=False)
     labels = list(dict.fromkeys(per_image["label"]))
     plot_rows = [{"degradation": lab, **{v: result[v].get(lab, result[v].get("extra", {}).get(lab, {})).get("psnr")
                                          for v in ["lq", *e["variants"]]}} for lab in labels]
     pd.DataFrame(plot_rows).to_csv(out / "psnr_per_degradation.csv", index=False)
     bar_plot(pd.DataFrame(plot_rows), ["lq", *e["variants"]], out / "psnr_per_degradation.png")
-    order = ["lq", *[v for v in ("scratch", "maskdcpt") if v in variants],
-             *[v for v in variants if v not in ("scratch", "maskdcpt")]]
-    shown: dict[str, int] = {}
-    for pair in pairs:
-        if shown.get(pair["label"], 0) < e["grid_max_images"]:
-            save_grid(pair, order, out / "grids" / f"{pair['label']}__{pair['image_id']}.png")
-            shown[pair["label"]] = shown.get(pair["label"], 0) + 1
     noise = _noise_levels(params, per_image)
     if not noise.empty:
         noise.to_csv(out / "psnr_vs_noise_level.csv", index=False)

@@ -18,7 +18,7 @@ def finetune(params: dict[str, Any], root: Path, variant: str) -> dict[str, Any]
     """Fine-tune one variant (``maskdcpt`` from the pre-trained backbone, ``scratch`` from random init)."""
     import mlflow
 
-    from maskdcpt.data.stream import data_params, split_index, train_loader
+    from maskdcpt.data.stream import split_index, train_loader
     from maskdcpt.train.engine import shutdown_distributed
     from maskdcpt.train.finetune import run_finetune
 
@@ -31,7 +31,7 @@ def finetune(params: dict[str, Any], root: Path, variant: str) -> dict[str, Any]
         # the compute-matched baseline: as many steps as pre-training + fine-tuning together (issue #4)
         cfg["steps"] = int(cfg["steps"]) + int(params["pretrain"]["steps"])
     manifest = pd.read_parquet(root / PAIRS / "manifest.parquet")
-    data = data_params(params)  # streamed from the shards: nothing holds the whole set in memory
+    data = params["data"]  # streamed from the shards: nothing holds the whole set in memory
     train = train_loader(manifest, root / PAIRS, data, batch_size=int(params["finetune"]["batch_size"]),
                          seed=int(params["seed"]), crop=int(params["synthesize"]["crop"]))
     val = split_index(manifest, root / PAIRS, data, "val") if (manifest["split"] == "val").any() else None

@@ -18,12 +18,12 @@ def pretrain(params: dict[str, Any], root: Path) -> dict[str, Any]:
     """MaskDCPT pre-training through DeepSpeed; writes ``models/pretrain/{model,backbone}.pt``."""
     import mlflow
 
-    from maskdcpt.data.stream import data_params, split_index, train_loader
+    from maskdcpt.data.stream import split_index, train_loader
     from maskdcpt.train.engine import shutdown_distributed
     from maskdcpt.train.pretrain import run_pretrain
 
     manifest = pd.read_parquet(root / PAIRS / "manifest.parquet")
-    data = data_params(params)  # streamed from the shards: nothing holds the whole set in memory
+    data = params["data"]  # streamed from the shards: nothing holds the whole set in memory
     train = train_loader(manifest, root / PAIRS, data, batch_size=int(params["pretrain"]["batch_size"]),
                          seed=int(params["seed"]), crop=int(params["synthesize"]["crop"]))
     val = split_index(manifest, root / PAIRS, data, "val") if (manifest["split"] == "val").any() else None

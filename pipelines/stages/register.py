@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.stages.common import (BENCHMARK_METRICS, EVAL_REPORTS, FINETUNED, PAIRS, REGISTER_REPORT, benchmark_pairs, file_digest,
+from pipelines.stages.common import (BENCHMARK_METRICS, EVAL_REPORTS, FINETUNED, PAIRS, REGISTER_REPORT, file_digest,
                                     task_classes, write_json)
 
 
@@ -44,7 +44,11 @@ def register(params: dict[str, Any], root: Path) -> dict[str, Any]:
     champion = None
     if previous is not None:
         champ_net = load_registered_network(f"models:/{name}@champion")
-        champ_eval = summarize(evaluate_variants({"champion": champ_net}, benchmark_pairs(root)), main)
+        from maskdcpt.data.stream import SplitPairs
+
+        manifest = pd.read_parquet(root / PAIRS / "manifest.parquet")
+        pairs = SplitPairs(manifest, root / PAIRS, "benchmark", params["data"])  # streamed, one pair at a time
+        champ_eval = summarize(evaluate_variants({"champion": champ_net}, pairs), main)
         champion = {lab: champ_eval["champion"][lab]["psnr"] for lab in [*main, "mean"]}
     info = log_pyfunc_model(root / FINETUNED / "maskdcpt" / "model.pt", registered_model_name=name)
     version = str(info.registered_model_version)

@@ -1,0 +1,653 @@
+"""Streaming training data over the tar shards (:mod:`maskdcpt.data.shards`), split across ranks and DataLoader
+workers, with an exactly resumable position.
+
+Why not a library's loader: webdataset reads these shards but keeps no position to checkpoint (its maintainer
+recommends resampling instead, webdataset issues #271/#234/#177); torchdata's ``StatefulDataLoader`` would
+checkpoint worker state, but the order below is a pure function of ``(seed, epoch, rank, worker)``, so the
+position is a few integers and resuming needs no saved iterator at all; mosaicml-streaming has a reported
+multi-epoch resume bug (mosaicml/streaming #869). What is used: torch's own ``DataLoader`` (worker processes,
+pinned memory), stdlib :mod:`tarfile`, OpenCV PNG decoding and boto3 (botocore retries) for ``s3://``.
+
+Order of one epoch (``e``)
+--------------------------
+1. *Units*: each shard, repeated ``repeat`` times (the manifest's ``repeat`` column; 1 when absent), permuted by
+   ``default_rng([seed, e, 1])``. Their samples concatenated give the epoch's ``N`` global positions.
+2. *Slots*: ``world x max(1, num_workers)`` contiguous ranges ``[s N // S, (s + 1) N // S)``; slot
+   ``s = rank * workers + worker``. Every sample is used exactly once per epoch across all ranks; a slot reads
+   only its own shards (and at most a part of one shard at each end).
+3. *Shuffle buffer*: inside a slot, samples pass a buffer of ``shuffle_buffer`` samples (emit a uniformly chosen
+   one when full; ``default_rng([seed, e, 2, s, S])``). The emission order is computed on positions, not on
+   images, so skipping ``c`` consumed samples decodes nothing.
+4. *Augmentation*: a flip and a 90-degree rotation per sample (as :func:`maskdcpt.data.pairs.sample_batch`), and a
+   random window when ``crop`` is set, from ``default_rng([seed, e, 3, global position])``.
+
+A worker's stream runs epoch after epoch; it yields whole batches (so a batch can span two epochs). Batch ``k`` of
+a rank comes from logical worker ``k mod W``; the position (:meth:`StreamLoader.state_dict`) is the number of
+batches consumed and each logical worker's cursor (samples emitted, bad ones included), recorded in the
+training checkpoint and restored *before* any worker starts (:meth:`StreamLoader.load_state_dict` refuses a
+loader that is already iterating: workers that prefetch from step 0 would hand out the wrong batches).
+
+Bad data: a truncated shard, a corrupt PNG member, a member out of step with the manifest or a missing
+``s3://`` object raises :class:`BadSampleError` naming the shard and key; with ``on_bad_sample='skip'`` the
+sample (or the rest of the shard) is skipped and counted (``state_dict()["skipped"]``). Transient S3 errors are
+retried with exponential backoff (botocore standard mode, then whole-object re-reads).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tarfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ShardIndex", "StreamLoader", "BadSampleError", "iter_batches", "iter_samples", "emission_order",
+           "slot_range", "train_loader", "split_index"]
+
+_MEMBERS = {"lq.png": "lq", "gt.png": "gt", "json": "meta"}
+
+
+class BadSampleError(ValueError):
+    """A shard or one of its samples cannot be read; the message names the shard and the key."""
+
+
+# ------------------------------------------------------------------------------------------------ the index
+@dataclass(frozen=True)
+class ShardSpec:
+    """One shard: its file name, the keys in stored order, their class indices and its repeat count."""
+
+    name: str
+    keys: tuple[str, ...]
+    labels: tuple[int, ...]
+    repeat: int = 1
+
+
+@dataclass
+class ShardIndex:
+    """The samples of one split: shards under ``root`` (a folder or ``s3://bucket/prefix``) and their keys.
+
+    Built from the pair manifest (:meth:`from_manifest`); a shard's keys are in the manifest's row order, which is
+    the order in which :func:`maskdcpt.data.shards.write_shard` stored them (checked while reading).
+    """
+
+    root: str
+    shards: list[ShardSpec]
+    s3_endpoint_url: str | None = None
+
+    @classmethod
+    def from_manifest(cls, manifest, root: str | os.PathLike, split: str, *,
+                      s3_endpoint_url: str | None = None) -> "ShardIndex":
+        """The index of ``split``. Raises ``ValueError`` when the split has no rows, a row lacks its shard, or
+        one shard mixes repeat counts."""
+        rows = manifest[manifest["split"] == split]
+        if rows.empty:
+            raise ValueError(f"manifest has no pairs for split {split!r}")
+        if rows["shard"].isna().any():
+            raise ValueError(f"{int(rows['shard'].isna().sum())} {split} rows have no shard")
+        has_repeat = "repeat" in rows.columns
+        specs = []
+        for name, group in rows.groupby("shard", sort=True):
+            repeat = 1
+            if has_repeat:
+                reps = set(int(r) for r in group["repeat"].fillna(1))
+                if len(reps) != 1:
+                    raise ValueError(f"shard {name}: rows with different repeat counts {sorted(reps)}")
+                repeat = reps.pop()
+            if repeat < 1:
+                raise ValueError(f"shard {name}: repeat must be >= 1, got {repeat}")
+            specs.append(ShardSpec(str(name), tuple(group["key"].astype(str)),
+                                   tuple(int(c) for c in group["class_index"]), repeat))
+        return cls(str(root), specs, s3_endpoint_url or None)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples per epoch, repeats included."""
+        return sum(len(s.keys) * s.repeat for s in self.shards)
+
+    def all_keys(self) -> list[str]:
+        """Every key once per repeat (the multiset one epoch covers)."""
+        return [k for s in self.shards for _ in range(s.repeat) for k in s.keys]
+
+    def location(self, shard: ShardSpec) -> str:
+        return f"{self.root.rstrip('/')}/{shard.name}"
+
+
+# --------------------------------------------------------------------------------------------- the order
+def slot_range(total: int, slot: int, slots: int) -> tuple[int, int]:
+    """Global positions ``[start, stop)`` of ``slot`` of ``slots`` in an epoch of ``total`` samples."""
+    return slot * total // slots, (slot + 1) * total // slots
+
+
+def emission_order(length: int, buffer: int, rng: np.random.Generator | None) -> np.ndarray:
+    """Order in which a shuffle buffer of ``buffer`` samples emits positions ``0..length-1`` read in order.
+
+    ``buffer <= 1`` or ``rng is None``: the identity. Every emitted position is below ``t + buffer`` at emission
+    step ``t`` (the reader never needs to look further ahead).
+    """
+    if buffer <= 1 or rng is None or length <= 1:
+        return np.arange(length, dtype=np.int64)
+    out = np.empty(length, dtype=np.int64)
+    buf: list[int] = []
+    t = 0
+    draws = rng.random(length)
+    for i in range(length):
+        buf.append(i)
+        if len(buf) >= buffer:
+            j = int(draws[t] * len(buf))
+            out[t] = buf[j]
+            buf[j] = buf[-1]
+            buf.pop()
+            t += 1
+    while buf:
+        j = int(draws[t] * len(buf))
+        out[t] = buf[j]
+        buf[j] = buf[-1]
+        buf.pop()
+        t += 1
+    return out
+
+
+def epoch_units(index: ShardIndex, seed: int, epoch: int, shuffle: bool) -> list[int]:
+    """Shard ids of epoch ``epoch`` in reading order (each repeated ``repeat`` times), shuffled when asked."""
+    units = [i for i, s in enumerate(index.shards) for _ in range(s.repeat)]
+    if shuffle:
+        perm = np.random.default_rng([seed, epoch, 1]).permutation(len(units))
+        units = [units[p] for p in perm]
+    return units
+
+
+# --------------------------------------------------------------------------------------------- reading
+def _transient(exc: BaseException) -> bool:
+    try:
+        from botocore.exceptions import (ConnectionClosedError, ConnectionError as BotoConnectionError,
+                                         IncompleteReadError, ReadTimeoutError, ResponseStreamingError)
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, (BotoConnectionError, ConnectionClosedError, IncompleteReadError, ReadTimeoutError,
+                            ResponseStreamingError))
+
+
+_CLIENTS: dict[tuple[int, str | None], Any] = {}
+
+
+def _client(endpoint: str | None):
+    """One boto3 client per process and endpoint (clients are not shared across forked workers)."""
+    from maskdcpt.data.sources import s3_client
+
+    key = (os.getpid(), endpoint)
+    if key not in _CLIENTS:
+        _CLIENTS[key] = s3_client(endpoint or None)
+    return _CLIENTS[key]
+
+
+def open_shard(index: ShardIndex, shard: ShardSpec, *, attempts: int = 4, backoff: float = 0.5):
+    """A readable binary file object for ``shard`` (a local file, or the whole ``s3://`` object in memory).
+
+    S3: botocore retries each request (standard mode); a transfer that still fails mid-body is fetched again up
+    to ``attempts`` times with backoff ``backoff * 2**k`` s. Raises :class:`BadSampleError` for a missing file or
+    object (naming it and its first key) and after the last failed attempt.
+    """
+    loc = index.location(shard)
+    first = shard.keys[0] if shard.keys else None
+    if not loc.startswith("s3://"):
+        try:
+            return open(loc, "rb")
+        except FileNotFoundError as e:
+            raise BadSampleError(f"shard {loc} is missing (first key {first!r})") from e
+    from botocore.exceptions import ClientError
+
+    from maskdcpt.data.sources import parse_s3_uri
+
+    bucket, key = parse_s3_uri(loc)
+    for k in range(attempts):
+        try:
+            body = _client(index.s3_endpoint_url).get_object(Bucket=bucket, Key=key)["Body"]
+            return io.BytesIO(body.read())
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NoSuchBucket", "AccessDenied", "403"):
+                raise BadSampleError(f"shard {loc}: S3 object unavailable ({code}; first key {first!r})") from e
+            err = e
+        except Exception as e:  # noqa: BLE001 - classified below
+            if not _transient(e):
+                raise
+            err = e
+        if k + 1 < attempts:
+            log.warning("shard %s: transient S3 error (%s), retry %d/%d", loc, err, k + 1, attempts - 1)
+            time.sleep(backoff * 2 ** k)
+    raise BadSampleError(f"shard {loc}: S3 read failed after {attempts} attempts: {err}") from err
+
+
+def _read_members(fileobj, loc: str, shard: ShardSpec, wanted: set[int], stop: int) -> Iterator[tuple[int, dict]]:
+    """Yield ``(position in shard, {"lq": bytes, "gt": bytes})`` for the positions in ``wanted`` (< ``stop``),
+    in stored order, checking every member against the manifest's keys. Undecoded bytes only."""
+    pos, current, parts = -1, None, {}
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, suffix = member.name.partition(".")
+                part = _MEMBERS.get(suffix)
+                if part is None:
+                    raise BadSampleError(f"shard {loc}: unexpected member {member.name!r}")
+                if key != current:
+                    if current is not None and pos in wanted:
+                        yield pos, _complete(loc, current, parts)
+                    pos += 1
+                    if pos >= stop:
+                        return
+                    if pos >= len(shard.keys) or key != shard.keys[pos]:
+                        expected = shard.keys[pos] if pos < len(shard.keys) else None
+                        raise BadSampleError(f"shard {loc}: member key {key!r} at position {pos}, the manifest "
+                                             f"expects {expected!r} (shard and manifest out of step)")
+                    current, parts = key, {}
+                data = tar.extractfile(member).read()
+                if len(data) != member.size:
+                    raise BadSampleError(f"shard {loc}: key {key!r}: {member.name} truncated")
+                if pos in wanted and part != "meta":
+                    parts[part] = data
+                elif part == "meta":
+                    parts["meta"] = b""
+    except tarfile.TarError as e:
+        raise BadSampleError(f"shard {loc}: truncated or corrupt tar after key {current!r} "
+                             f"(next expected {shard.keys[pos + 1] if pos + 1 < len(shard.keys) else None!r}): "
+                             f"{e}") from e
+    if current is not None and pos in wanted:
+        yield pos, _complete(loc, current, parts)
+    if pos + 1 < min(stop, len(shard.keys)):
+        raise BadSampleError(f"shard {loc}: ends after {pos + 1} of {len(shard.keys)} samples; key "
+                             f"{shard.keys[pos + 1]!r} is missing (truncated shard?)")
+
+
+def _complete(loc: str, key: str, parts: dict) -> dict:
+    missing = [p for p in ("lq", "gt") if p not in parts]
+    if missing:
+        raise BadSampleError(f"shard {loc}: key {key!r} lacks its {', '.join(m + '.png' for m in missing)}")
+    return parts
+
+
+def _decode(loc: str, key: str, data: bytes, part: str) -> np.ndarray:
+    from maskdcpt.imageio import decode_png
+
+    try:
+        img = decode_png(data)
+    except Exception as e:  # noqa: BLE001 - cv2 raises several types
+        raise BadSampleError(f"shard {loc}: key {key!r}: corrupt {part}.png ({e})") from e
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] < 3:
+        raise BadSampleError(f"shard {loc}: key {key!r}: {part}.png has shape {img.shape}, expected (H, W, 3)")
+    return img[..., :3]
+
+
+# ------------------------------------------------------------------------------------ the per-slot stream
+@dataclass
+class _Sample:
+    key: str
+    label: int
+    epoch: int
+    pos: int          # global position in the epoch (the augmentation seed)
+    lq: torch.Tensor
+    gt: torch.Tensor
+
+
+def _augment(lq: np.ndarray, gt: np.ndarray, rng: np.random.Generator, augment: bool, crop: int | None,
+             loc: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    if lq.shape != gt.shape:
+        raise BadSampleError(f"shard {loc}: key {key!r}: LQ {lq.shape} and GT {gt.shape} differ in size")
+    if crop:
+        h, w = lq.shape[:2]
+        if h < crop or w < crop:
+            raise BadSampleError(f"shard {loc}: key {key!r}: {w}x{h} is smaller than the {crop} px crop")
+        y, x = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+        lq, gt = lq[y:y + crop, x:x + crop], gt[y:y + crop, x:x + crop]
+    if augment:
+        flip, rot = int(rng.integers(2)), int(rng.integers(4))
+        if flip:
+            lq, gt = lq[:, ::-1], gt[:, ::-1]
+        if rot and lq.shape[0] == lq.shape[1]:
+            lq, gt = np.rot90(lq, rot), np.rot90(gt, rot)
+    return lq, gt
+
+
+@dataclass
+class _SlotStream:
+    """The samples of one (rank, worker) slot from a cursor on, epoch after epoch (or ``epochs`` epochs)."""
+
+    index: ShardIndex
+    seed: int
+    slot: int
+    slots: int
+    shuffle: bool
+    buffer: int
+    augment: bool
+    crop: int | None
+    skip_bad: bool
+    epochs: int | None = None
+    skipped: int = 0
+    _units_cache: dict = field(default_factory=dict)
+
+    def epoch_length(self) -> int:
+        a, b = slot_range(self.index.num_samples, self.slot, self.slots)
+        return b - a
+
+    def samples(self, cursor: int) -> Iterator[tuple[int, _Sample | None]]:
+        """Yield ``(cursor after this sample, sample or None for a skipped bad one)`` from ``cursor`` on."""
+        length = self.epoch_length()
+        if length == 0:
+            return
+        epoch, t0 = divmod(cursor, length)
+        while self.epochs is None or epoch < self.epochs:
+            for t, sample in self._epoch(epoch, t0):
+                yield epoch * length + t + 1, sample
+            epoch, t0 = epoch + 1, 0
+
+    def _epoch(self, epoch: int, t0: int) -> Iterator[tuple[int, _Sample | None]]:
+        total = self.index.num_samples
+        a, b = slot_range(total, self.slot, self.slots)
+        units = epoch_units(self.index, self.seed, epoch, self.shuffle)
+        sizes = np.array([len(self.index.shards[u].keys) for u in units], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        rng = np.random.default_rng([self.seed, epoch, 2, self.slot, self.slots]) if self.shuffle else None
+        order = emission_order(b - a, self.buffer, rng)
+        needed = order[t0:]
+        need_set = set(int(p) for p in needed)
+        # units overlapping [a, b) in order, each with the local positions it covers
+        first = int(np.searchsorted(starts, a, side="right") - 1)
+        raw: dict[int, tuple | None] = {}
+        reader = self._reader(units, starts, first, a, b, need_set, raw)
+        for t in range(t0, b - a):
+            p = int(order[t])
+            while p not in raw:
+                try:
+                    next(reader)
+                except StopIteration:  # pragma: no cover - the reader covers [a, b)
+                    raise RuntimeError(f"slot reader ended before position {p}") from None
+            item = raw.pop(p)
+            if item is None:
+                yield t, None
+                continue
+            loc, key, label, parts = item
+            try:
+                lq = _decode(loc, key, parts["lq"], "lq")
+                gt = _decode(loc, key, parts["gt"], "gt")
+                rs = np.random.default_rng([self.seed, epoch, 3, a + p])
+                lq, gt = _augment(lq, gt, rs, self.augment, self.crop, loc, key)
+            except BadSampleError as e:
+                if not self.skip_bad:
+                    raise
+                self.skipped += 1
+                log.warning("skipped bad sample: %s", e)
+                yield t, None
+                continue
+            yield t, _Sample(key, label, epoch, a + p, torch.from_numpy(np.ascontiguousarray(lq.transpose(2, 0, 1))),
+                             torch.from_numpy(np.ascontiguousarray(gt.transpose(2, 0, 1))))
+
+    def _reader(self, units, starts, first, a, b, need_set, raw) -> Iterator[None]:
+        """Read the slot's units in order, putting ``raw[local position]`` for the needed positions."""
+        u_i = first
+        while u_i < len(units) and starts[u_i] < b:
+            shard = self.index.shards[units[u_i]]
+            lo, hi = max(a, int(starts[u_i])), min(b, int(starts[u_i + 1]))
+            in_shard = {g - int(starts[u_i]) for g in range(lo, hi) if g - a in need_set}
+            u_i += 1
+            if not in_shard:
+                continue  # consumed before the cursor: not even opened
+            loc = self.index.location(shard)
+            stop = hi - int(starts[u_i - 1])
+            got: set[int] = set()
+            try:
+                with open_shard(self.index, shard) as f:
+                    for pos, parts in _read_members(f, loc, shard, in_shard, stop):
+                        g = int(starts[u_i - 1]) + pos - a
+                        raw[g] = (loc, shard.keys[pos], shard.labels[pos], parts)
+                        got.add(pos)
+                        yield None
+            except BadSampleError as e:
+                if not self.skip_bad:
+                    raise
+                lost = in_shard - got
+                self.skipped += len(lost)
+                log.warning("skipped %d samples of a bad shard: %s", len(lost), e)
+                for pos in lost:
+                    raw[int(starts[u_i - 1]) + pos - a] = None
+                yield None
+
+
+# ------------------------------------------------------------------------------------------ the loader
+class _BatchDataset(torch.utils.data.IterableDataset):
+    """Yields whole batches of one logical worker (the DataLoader runs with ``batch_size=None``)."""
+
+    def __init__(self, loader: "StreamLoader"):
+        super().__init__()
+        self.cfg = loader._config()
+        self.start_batch = loader._batches
+        self.cursors = list(loader._cursors)
+        self.skipped = list(loader._skipped)
+
+    def __iter__(self):
+        c = self.cfg
+        info = torch.utils.data.get_worker_info()
+        physical = info.id if info is not None else 0
+        nw = max(1, c["num_workers"])
+        logical = (physical + self.start_batch) % nw  # physical worker 0 makes the next batch (start_batch)
+        stream = _SlotStream(c["index"], c["seed"], c["rank"] * nw + logical, c["world"] * nw, c["shuffle"],
+                             c["shuffle_buffer"], c["augment"], c["crop"], c["on_bad_sample"] == "skip",
+                             c["epochs"])
+        stream.skipped = self.skipped[logical]
+        batch: list[_Sample] = []
+        for cursor, sample in stream.samples(self.cursors[logical]):
+            if sample is not None:
+                batch.append(sample)
+            if len(batch) == c["batch_size"]:
+                yield _collate(batch, logical, cursor, stream.skipped)
+                batch = []
+        if batch and not c["drop_last"]:
+            yield _collate(batch, logical, cursor, stream.skipped)
+
+
+def _collate(batch: list[_Sample], worker: int, cursor: int, skipped: int) -> dict[str, Any]:
+    return {"lq": torch.stack([s.lq for s in batch]), "gt": torch.stack([s.gt for s in batch]),
+            "labels": torch.tensor([s.label for s in batch], dtype=torch.long),
+            "keys": [s.key for s in batch], "epochs": [s.epoch for s in batch],
+            "positions": [s.pos for s in batch], "worker": worker, "cursor": cursor, "skipped": skipped}
+
+
+class StreamLoader:
+    """Batches of one rank streamed from a :class:`ShardIndex` (see the module docstring for the order).
+
+    Iterating yields ``fields`` of each batch as a tuple (default ``(lq, gt, labels)``: float32 (B, 3, H, W) in
+    [0, 1] twice, int64 (B,)); ``fields=None`` yields the whole dict (``keys``, ``epochs``, ``positions``, ...).
+
+    Args:
+        index: the split's shards.
+        batch_size: samples per batch (per rank).
+        seed: base seed of the order and the augmentation.
+        rank, world: this process's rank and the number of ranks (:meth:`bind` sets them later).
+        num_workers: DataLoader worker processes decoding PNGs (0: in this process).
+        shuffle_buffer: samples in the per-worker shuffle buffer (0: shard order only).
+        shuffle: permute shards and pass the buffer (``False``: stored order, e.g. validation).
+        augment: per-sample flip / 90-degree rotation; crop: a random ``crop`` px window per sample (``None``: as
+            stored; every sample of a batch must then have the same size).
+        on_bad_sample: ``error`` (raise :class:`BadSampleError`) or ``skip`` (count and continue).
+        epochs: stop after this many epochs (``None``: endless, for step-based training); drop_last: with
+            ``epochs``, drop a last incomplete batch of each worker.
+        pin_memory: pinned host batches (``"auto"``: when CUDA is available) for non-blocking copies.
+        timeout: seconds a worker may stay silent before the DataLoader raises (never a hang).
+
+    Raises ``ValueError`` for invalid settings.
+    """
+
+    def __init__(self, index: ShardIndex, *, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 num_workers: int = 0, shuffle_buffer: int = 0, shuffle: bool = True, augment: bool = True,
+                 crop: int | None = None, on_bad_sample: str = "error", epochs: int | None = None,
+                 drop_last: bool = False, pin_memory: bool | str = "auto", timeout: float = 600.0,
+                 fields: Sequence[str] | None = ("lq", "gt", "labels"), prefetch_factor: int = 2):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0 or shuffle_buffer < 0:
+            raise ValueError("num_workers and shuffle_buffer must be >= 0")
+        if on_bad_sample not in ("error", "skip"):
+            raise ValueError(f"on_bad_sample must be 'error' or 'skip', got {on_bad_sample!r}")
+        if not index.shards or index.num_samples == 0:
+            raise ValueError("the shard index is empty")
+        self.index, self.batch_size, self.seed = index, int(batch_size), int(seed)
+        self.num_workers, self.shuffle_buffer, self.shuffle = int(num_workers), int(shuffle_buffer), bool(shuffle)
+        self.augment, self.crop, self.on_bad_sample = bool(augment), (int(crop) if crop else None), on_bad_sample
+        self.epochs, self.drop_last, self.timeout = epochs, bool(drop_last), float(timeout)
+        self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
+        self.fields, self.prefetch_factor = (tuple(fields) if fields else None), int(prefetch_factor)
+        self.rank, self.world = 0, 1
+        self.bind(rank, world)
+        self._iterating = False
+
+    # -- position ---------------------------------------------------------------------------------------------
+    def bind(self, rank: int, world: int) -> "StreamLoader":
+        """Set this process's rank and the world size (before iterating); resets the position to the start."""
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} outside a world of {world}")
+        self.rank, self.world = int(rank), int(world)
+        nw = max(1, self.num_workers)
+        if self.index.num_samples < self.world * nw:
+            raise ValueError(f"{self.index.num_samples} samples cannot feed {self.world} ranks x {nw} workers")
+        self._batches, self._cursors, self._skipped = 0, [0] * nw, [0] * nw
+        return self
+
+    def _config(self) -> dict[str, Any]:
+        return dict(index=self.index, seed=self.seed, rank=self.rank, world=self.world,
+                    num_workers=self.num_workers, shuffle=self.shuffle, shuffle_buffer=self.shuffle_buffer,
+                    augment=self.augment, crop=self.crop, on_bad_sample=self.on_bad_sample, epochs=self.epochs,
+                    batch_size=self.batch_size, drop_last=self.drop_last)
+
+    def epoch_length(self) -> int:
+        """Samples of one epoch on this rank (all its workers)."""
+        nw = max(1, self.num_workers)
+        return sum(b - a for a, b in (slot_range(self.index.num_samples, self.rank * nw + w, self.world * nw)
+                                      for w in range(nw)))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The data position: batches consumed, each logical worker's cursor and skip count, the epoch reached
+        (the slowest worker's), samples consumed in it, and the settings the position is valid for."""
+        nw = max(1, self.num_workers)
+        lengths = [b - a for a, b in (slot_range(self.index.num_samples, self.rank * nw + w, self.world * nw)
+                                      for w in range(nw))]
+        epochs = [c // max(n, 1) for c, n in zip(self._cursors, lengths)]
+        epoch = min(epochs)
+        in_epoch = sum(min(max(c - epoch * n, 0), n) for c, n in zip(self._cursors, lengths))
+        return {"batches": self._batches, "cursors": list(self._cursors), "skipped": list(self._skipped),
+                "epoch": epoch, "samples_in_epoch": in_epoch, "samples_consumed": int(sum(self._cursors)),
+                "rank": self.rank, "world": self.world, "num_workers": self.num_workers,
+                "batch_size": self.batch_size, "seed": self.seed, "num_samples": self.index.num_samples,
+                "shuffle_buffer": self.shuffle_buffer}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a position saved by :meth:`state_dict`. Must be called before iterating.
+
+        Raises ``RuntimeError`` when the loader is already iterating, ``ValueError`` when the position was
+        recorded with other ranks / workers / batch size / seed / data (it would not name the same samples).
+        """
+        if self._iterating:
+            raise RuntimeError("load_state_dict() on a StreamLoader that is already iterating: its workers "
+                               "started from the old position; restore the position before iterating")
+        mine = {k: v for k, v in self.state_dict().items()
+                if k in ("rank", "world", "num_workers", "batch_size", "seed", "num_samples", "shuffle_buffer")}
+        for k, v in mine.items():
+            if k in state and state[k] != v:
+                raise ValueError(f"saved data position has {k}={state[k]}, this run has {v}: resuming would "
+                                 "not continue the same sample sequence")
+        nw = max(1, self.num_workers)
+        if len(state["cursors"]) != nw:
+            raise ValueError(f"saved data position has {len(state['cursors'])} worker cursors, expected {nw}")
+        self._batches = int(state["batches"])
+        self._cursors = [int(c) for c in state["cursors"]]
+        self._skipped = [int(s) for s in state.get("skipped", [0] * nw)]
+
+    @property
+    def skipped(self) -> int:
+        """Bad samples skipped so far on this rank (``on_bad_sample='skip'``)."""
+        return int(sum(self._skipped))
+
+    # -- iteration --------------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Any]:
+        dataset = _BatchDataset(self)
+        kw: dict[str, Any] = {}
+        if self.num_workers > 0:
+            kw = dict(num_workers=self.num_workers, timeout=self.timeout, prefetch_factor=self.prefetch_factor,
+                      persistent_workers=False)
+        dl = torch.utils.data.DataLoader(dataset, batch_size=None, pin_memory=self.pin_memory, **kw)
+        self._iterating = True
+        try:
+            for batch in dl:
+                w = int(batch["worker"])
+                self._cursors[w] = int(batch["cursor"])
+                self._skipped[w] = int(batch["skipped"])
+                self._batches += 1
+                yield batch if self.fields is None else tuple(batch[f] for f in self.fields)
+        finally:
+            self._iterating = False
+
+
+def iter_batches(index: ShardIndex, batch_size: int, *, fields: Sequence[str] | None = ("lq", "labels"),
+                 num_workers: int = 0, on_bad_sample: str = "error") -> Iterator[Any]:
+    """One pass over ``index`` in stored order, no augmentation (validation): batches of ``batch_size``."""
+    return iter(StreamLoader(index, batch_size=batch_size, seed=0, shuffle=False, augment=False, epochs=1,
+                             num_workers=num_workers, on_bad_sample=on_bad_sample, fields=fields))
+
+
+def iter_samples(index: ShardIndex, rows=None) -> Iterator[dict[str, Any]]:
+    """Every sample of ``index`` once, in stored order, as ``{"key", "lq", "gt"}`` (float32 (H, W, 3) numpy),
+    one at a time (samples of any size; e.g. the benchmark pairs). Raises :class:`BadSampleError`."""
+    for shard in index.shards:
+        loc = index.location(shard)
+        with open_shard(index, shard) as f:
+            for pos, parts in _read_members(f, loc, shard, set(range(len(shard.keys))), len(shard.keys)):
+                key = shard.keys[pos]
+                yield {"key": key, "lq": _decode(loc, key, parts["lq"], "lq"),
+                       "gt": _decode(loc, key, parts["gt"], "gt"), "label": shard.labels[pos]}
+
+
+
+def train_loader(manifest, shard_dir: str | os.PathLike, data_cfg: dict[str, Any], *, batch_size: int,
+                 seed: int, crop: int | None = None, split: str = "train") -> StreamLoader:
+    """The training :class:`StreamLoader` for the validated ``data`` params group (``num_workers``,
+    ``shuffle_buffer``, ``on_bad_sample``, ``shards``: an ``s3://`` prefix or folder holding the shards instead of
+    ``shard_dir``, ``s3_endpoint_url``, ``timeout_s``; defaults in :mod:`pipelines.params`). ``crop``: the
+    training patch (a random window of larger samples)."""
+    index = split_index(manifest, shard_dir, data_cfg, split)
+    return StreamLoader(index, batch_size=batch_size, seed=seed, num_workers=int(data_cfg["num_workers"]),
+                        shuffle_buffer=int(data_cfg["shuffle_buffer"]), crop=crop,
+                        on_bad_sample=str(data_cfg["on_bad_sample"]), timeout=float(data_cfg["timeout_s"]))
+
+
+def split_index(manifest, shard_dir: str | os.PathLike, data_cfg: dict[str, Any], split: str) -> ShardIndex:
+    """The :class:`ShardIndex` of ``split`` at the ``data`` params group's shard location (``shards``, else
+    ``shard_dir``)."""
+    return ShardIndex.from_manifest(manifest, str(data_cfg["shards"] or shard_dir), split,
+                                    s3_endpoint_url=data_cfg["s3_endpoint_url"] or None)
+
+
+class SplitPairs:
+    """The pairs of one split as a re-iterable stream (e.g. the benchmark for the ``evaluate`` stage): each pass
+    reads the shards in order and yields one ``{manifest row fields..., "lq", "gt"}`` dict at a time (float32
+    (H, W, 3) in [0, 1]; any size), so no pass holds more than one pair's images. ``len()`` is the row count.
+    Raises ``ValueError`` for an empty split and :class:`BadSampleError` while iterating."""
+
+    def __init__(self, manifest, shard_dir: str | os.PathLike, split: str, data_cfg: dict[str, Any]):
+        self.index = split_index(manifest, shard_dir, data_cfg, split)
+        rows = manifest[manifest["split"] == split]
+        self.rows = {str(r["key"]): r for r in rows.to_dict("records")}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for sample in iter_samples(self.index):
+            yield {**self.rows[sample["key"]], "lq": sample["lq"], "gt": sample["gt"]}
