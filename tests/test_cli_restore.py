@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
+from conftest import use_store
 from maskdcpt.cli import main
 from maskdcpt.inference import read_image_native
 from maskdcpt.models import MaskDCPTModel, build_nafnet
@@ -65,6 +66,52 @@ def test_restore_folder_layouts_and_bit_depths(inputs, ckpt, tmp_path, capsys):
     assert read_image_native(tmp_path / "tiled" / "deep.png").pixels.dtype == np.uint16
 
 
+def test_restore_skips_existing_outputs_unless_overwrite(inputs, ckpt, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["restore", str(inputs / "rgb.png"), str(inputs / "gray.png"), "-o", str(out), "--model", str(ckpt),
+            "--device", "cpu"]
+    assert main(args) == 0
+    assert "restored 2, skipped 0 existing" in capsys.readouterr().err
+    restored = (out / "rgb.png").read_bytes()
+    stale = np.zeros((45, 61, 3), np.uint8)   # an older result in the output folder
+    Image.fromarray(stale).save(out / "rgb.png")
+    stale_bytes = (out / "rgb.png").read_bytes()
+    gray_before = (out / "gray.png").stat().st_mtime_ns
+    assert main(args) == 0
+    assert "restored 0, skipped 2 existing" in capsys.readouterr().err
+    assert (out / "rgb.png").read_bytes() == stale_bytes and (out / "gray.png").stat().st_mtime_ns == gray_before
+    assert main([*args, "--overwrite"]) == 0
+    assert "restored 2, skipped 0 existing" in capsys.readouterr().err
+    assert (out / "rgb.png").read_bytes() == restored
+    assert not np.array_equal(read_image_native(out / "rgb.png").pixels, stale)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_restore_applies_exif_orientation_in_the_right_direction(ckpt, tmp_path, capsys, orientation):
+    """EXIF 6 (the camera was turned clockwise) and 8 (counter-clockwise) are opposite rotations, 3 is 180
+    degrees; the output is the restored upright image, as Pillow's ``ImageOps.exif_transpose`` shows it."""
+    from PIL import ImageOps
+
+    from maskdcpt.inference import load_model, restore_image
+
+    photo = skdata.chelsea()[:45, :61]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    src = tmp_path / f"o{orientation}.jpg"
+    Image.fromarray(photo).save(src, exif=exif, quality=95)
+    with Image.open(src) as im:
+        raw = np.asarray(im.convert("RGB"))
+        upright = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    assert not np.array_equal(upright.shape, raw.shape) or orientation == 3
+    assert main(["restore", str(src), "-o", str(tmp_path / "out"), "--model", str(ckpt), "--device", "cpu"]) == 0
+    got = read_image_native(tmp_path / "out" / f"o{orientation}.png").pixels
+    net = load_model(str(ckpt), device="cpu")
+    assert np.array_equal(got, restore_image(net, upright))
+    wrong = {3: raw, 6: np.rot90(raw, 1), 8: np.rot90(raw, -1)}[orientation]   # unrotated / the other way round
+    assert np.array_equal(upright, {3: np.rot90(raw, 2), 6: np.rot90(raw, -1), 8: np.rot90(raw, 1)}[orientation])
+    assert got.shape != wrong.shape or not np.array_equal(got, restore_image(net, np.ascontiguousarray(wrong)))
+
+
 def test_restore_reports_unreadable_and_exits_1(inputs, ckpt, tmp_path, capsys):
     (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     (inputs / "notes.jpg").write_text("not an image")
@@ -85,16 +132,14 @@ def test_restore_bad_model_and_args(inputs, tmp_path, capsys):
 
 
 def test_restore_default_model_is_registry_champion(inputs, ckpt, tmp_path, monkeypatch, capsys):
-    import mlflow
     from mlflow import MlflowClient
 
     from maskdcpt.serving import log_pyfunc_model
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    mlflow.set_experiment("cli-restore-test")   # another test may have left an experiment of another store active
+    # a fresh experiment (another test may have left one of another store active), artifacts under tmp_path
+    use_store(tmp_path / "mlflow.db", "cli-restore-test")
     log_pyfunc_model(ckpt, registered_model_name="maskdcpt-nafnet-5d")
     MlflowClient(uri).set_registered_model_alias("maskdcpt-nafnet-5d", "champion", "1")
     out = tmp_path / "out"

@@ -15,6 +15,7 @@ import pytest
 import torch
 from skimage import data as skdata
 
+from conftest import use_store
 from maskdcpt import metrics
 from maskdcpt.inference import (
     NativeImage,
@@ -123,12 +124,47 @@ def test_tile_spans_cover_and_align():
         tile_spans(500, 64, 64)
 
 
+class _LocalNet(torch.nn.Module):
+    """A restorer whose output pixel depends only on the 5x5 input neighbourhood (two 3x3 convs): tiled with
+    enough overlap, it must give exactly the whole-image result, seams included."""
+
+    padder_size = 16
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = torch.nn.Conv2d(8, 3, 3, padding=1)
+
+    def forward(self, x):
+        return x + 0.3 * self.c2(torch.tanh(self.c1(x)))
+
+
 def test_tiled_matches_whole_image(tiny_net, astronaut):
     x = astronaut[:512, :512]
     whole = restore_image(tiny_net, x)
     tiled = restore_image(tiny_net, x, tile=256, overlap=32)
     assert metrics.psnr(whole, x) < 40          # the network really changes the image
     assert metrics.psnr(tiled, whole) >= 50.0
+
+    # seams, pixel by pixel, with a network of a known (5x5) receptive field: every row and column where two
+    # tiles meet matches the whole-image result
+    local = _LocalNet().eval()
+    x = astronaut[:200, :232]
+    whole = restore_image(local, x)
+    assert np.abs(whole - x).max() > 0.05
+    rows, cols = tile_spans(200, 64, 16, 16), tile_spans(232, 64, 16, 16)
+    assert len(rows) > 2 and len(cols) > 2
+    seam_rows = sorted({y for (_, e), (s, _) in zip(rows, rows[1:]) for y in range(s, e)})
+    seam_cols = sorted({c for (_, e), (s, _) in zip(cols, cols[1:]) for c in range(s, e)})
+    for overlap in (16, 32):
+        tiled = restore_image(local, x, tile=64, overlap=overlap)
+        assert np.abs(tiled[seam_rows] - whole[seam_rows]).max() < 1e-4, overlap
+        assert np.abs(tiled[:, seam_cols] - whole[:, seam_cols]).max() < 1e-4, overlap
+        assert np.abs(tiled - whole).max() < 1e-4, overlap
+    # the check sees seams: an overlap too small for the receptive field leaves them
+    tiled = restore_image(local, x, tile=64, overlap=2)
+    assert np.abs(tiled[:, seam_cols] - whole[:, seam_cols]).max() > 1e-3
 
 
 class _CountingNet(torch.nn.Module):
@@ -187,6 +223,19 @@ def test_gray_alpha_and_16bit(tiny_net, astronaut):
     o16 = restore_image(tiny_net, rgb16)
     assert o16.dtype == np.uint16 and o16.shape == rgb16.shape
     assert np.any(o16 % 257 != 0)                       # real 16-bit precision, not 8-bit scaled up
+    # 16-bit in = the float path on x / 65535, rounded to 16 bits (not to 8 bits and scaled)
+    ref16 = restore_image(tiny_net, rgb16.astype(np.float32) / 65535)
+    assert np.abs(o16.astype(np.int64) - np.rint(ref16 * 65535).astype(np.int64)).max() <= 1
+    # the input's low bits reach the network: two images equal after 8-bit quantisation restore differently
+    base = rgb8.astype(np.uint16) * 257
+    lo, hi = restore_image(tiny_net, base), restore_image(tiny_net, base + 128)
+    assert np.array_equal(np.round(base / 257), np.round((base + 128) / 257))
+    assert np.abs(hi.astype(np.int64) - lo.astype(np.int64)).mean() > 20
+    gray16 = (gray8.astype(np.uint16) * 257 + 100)
+    og16 = restore_image(tiny_net, gray16)
+    assert og16.dtype == np.uint16 and og16.shape == gray16.shape
+    refg = restore_image(tiny_net, np.repeat(gray16[..., None], 3, 2).astype(np.float32) / 65535).mean(axis=2)
+    assert np.abs(og16.astype(np.int64) - np.rint(refg * 65535).astype(np.int64)).max() <= 1
     with pytest.raises(ValueError):
         restore_image(tiny_net, np.zeros((4, 4, 5), np.float32))
     with pytest.raises(ValueError):
@@ -269,15 +318,10 @@ def test_classify_each_5d_class_output_format(tmp_path):
 
 @pytest.fixture(scope="module")
 def pyfunc_store(tmp_path_factory):
-    import mlflow
-
     from maskdcpt.serving import log_pyfunc_model
 
     d = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{d / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    mlflow.set_experiment("serving-test")
+    uri = use_store(d / "mlflow.db", "serving-test")   # artifacts in d, not in the project's mlruns/
     net = _randomised(build_nafnet("tiny"), seed=3)
     info = log_pyfunc_model(net, registered_model_name="restorer-test")
     return {"uri": uri, "model_uri": "models:/restorer-test/1", "net": net, "info": info}

@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", default=None, help="folder or s3:// prefix holding the sets (overrides "
                    "benchmarks.root of the preset)")
     p.add_argument("--model", default=None, help="checkpoint (ours or an official release) or MLflow model URI")
+    p.add_argument("--arch", choices=("nafnet", "restormer", "promptir", "swinir"), default=None,
+                   help="force the backbone architecture of a checkpoint file (default: recognised from its key names)")
     p.add_argument("--key", default="params_ema", choices=("params_ema", "params"),
                    help="checkpoint weights (default params_ema, the paper's evaluation weights)")
     p.add_argument("--out", default="reports/benchmark", help="output folder (default reports/benchmark)")
@@ -42,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from maskdcpt.data.benchmarks import DATASETS, BenchmarkMissing, expected_layout
+    from maskdcpt.data.testsets import DATASETS, BenchmarkMissing, expected_layout
 
     if args.list:
         for name, spec in DATASETS.items():
@@ -71,7 +73,7 @@ def _run(args: argparse.Namespace) -> int:
         results = run_benchmark(args.model, preset=args.preset, root=args.root, set_paths=set_paths, only=only,
                                 out_dir=args.out, key=args.key, limit=args.limit, strict=args.strict,
                                 device=args.device, label=args.label, save_images=args.save_images,
-                                log=lambda m: print(m, file=sys.stderr))
+                                log=lambda m: print(m, file=sys.stderr), arch=args.arch)
     except BenchmarkMissing as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

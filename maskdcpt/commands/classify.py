@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-crops", type=int, default=4, help="crops per large image (default 4)")
     p.add_argument("--seed", type=int, default=0, help="mask seed (default 0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--arch", choices=("nafnet", "restormer", "promptir", "swinir"), default=None,
+                   help="force the backbone architecture of a checkpoint file (default: recognised from its key names)")
     p.add_argument("--json", action="store_true", help="print one JSON document (all class probabilities)")
     p.set_defaults(func=_run)
 
@@ -42,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     ckpt = Path(args.model) if args.model else find_root() / DEFAULT_CHECKPOINT
     try:
-        model, classes, meta = load_classifier(ckpt, device=args.device)
+        model, classes, meta = load_classifier(ckpt, device=args.device, arch=args.arch)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: cannot load the classifier {str(ckpt)!r}: {e}", file=sys.stderr)
         return 1

@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="auto = cuda when available, else cpu")
     p.add_argument("--weights", choices=("params_ema", "params"), default="params_ema",
                    help="checkpoint entry to use (default params_ema, the paper's evaluation weights)")
+    p.add_argument("--arch", choices=("nafnet", "restormer", "promptir", "swinir"), default=None,
+                   help="force the backbone architecture of a checkpoint file (default: recognised from its key names)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     p.set_defaults(func=_run)
 
@@ -49,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
         print("error: no input images found", file=sys.stderr)
         return 1
     try:
-        net = load_model(args.model, device=args.device, key=args.weights)
+        net = load_model(args.model, device=args.device, key=args.weights, arch=args.arch)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: cannot load model {args.model!r}: {e}", file=sys.stderr)
         return 1

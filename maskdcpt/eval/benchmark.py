@@ -1,7 +1,8 @@
 """Benchmark evaluation: restore every held-out pair with each variant and score it (paper 5D protocol).
 
-Inference as in the paper (maskdcpt-method.md §5.3): reflect-pad the LQ at the bottom/right to the network's
-multiple, run the whole image, crop back, clamp to [0, 1]; weights = ``params_ema``. Metrics: PSNR and SSIM on
+Inference as in the official test code, with the project's one padding rule (:mod:`maskdcpt.restore`):
+reflect-pad the LQ at the bottom/right to the network's multiple, run the whole image, crop back, clamp to
+[0, 1]; weights = ``params_ema``. Metrics: PSNR and SSIM on
 RGB floats, no crop, averaged per image (:mod:`maskdcpt.metrics`).
 """
 
@@ -14,7 +15,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from maskdcpt import metrics
 from maskdcpt.models import build_backbone, load_backbone_state_dict
@@ -38,26 +38,19 @@ def load_restorer(path: str | Path, preset: str | None = None, key: str = "param
     return net.eval()
 
 
-@torch.no_grad()
 def restore_tensor(net: torch.nn.Module, lq: torch.Tensor, multiple: int | None = None) -> torch.Tensor:
-    """Restore (N, 3, H, W) float images in [0, 1]: reflect-pad bottom/right to ``multiple`` (default: the
-    network's ``padder_size``), forward, crop back to (H, W), clamp to [0, 1]."""
-    multiple = multiple or int(getattr(net, "padder_size", 16))
-    h, w = lq.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    x = lq
-    if ph or pw:
-        mode = "reflect" if (ph < h and pw < w) else "replicate"
-        x = F.pad(x, (0, pw, 0, ph), mode=mode)
-    dtype = next(net.parameters()).dtype
-    out = net(x.to(dtype)).float()[..., :h, :w]
-    return out.clamp(0.0, 1.0)
+    """Restore (N, 3, H, W) float images in [0, 1] whole: :func:`maskdcpt.restore.restore_tensor`, the same
+    padding rule as ``maskdcpt restore`` (reflect-pad bottom/right to ``multiple``, default the network's
+    multiple; forward; crop back; clamp to [0, 1])."""
+    from maskdcpt.restore import restore_tensor as _restore
+
+    return _restore(net, lq, multiple)
 
 
 def restore_array(net: torch.nn.Module, lq: np.ndarray) -> np.ndarray:
     """Restore one (H, W, 3) float32 image in [0, 1]; returns the same shape."""
     x = torch.from_numpy(np.ascontiguousarray(lq, dtype=np.float32)).permute(2, 0, 1)[None]
-    return restore_tensor(net, x)[0].permute(1, 2, 0).numpy()
+    return restore_tensor(net, x)[0].permute(1, 2, 0).cpu().numpy()
 
 
 def evaluate_variants(variants: dict[str, torch.nn.Module], pairs: list[dict[str, Any]]) -> pd.DataFrame:
