@@ -13,7 +13,6 @@ The decision and its reason are tags on the version; a rejected challenger stays
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch

@@ -145,7 +145,7 @@ def bench(phase: str, args: argparse.Namespace) -> dict:
     steps = len(timed) if args.warmup > 0 else args.steps
     images = steps * args.batch
     flops = step_flops(phase, args.batch, args.crop)
-    del model, lq_pool, gt_pool
+    del model  # the data pools go with this frame
     torch.cuda.empty_cache()
     return {"phase": phase, "preset": PRESET, "batch": args.batch, "crop": args.crop, "layout": args.layout,
             "timed_steps": steps, "seconds": seconds, "images_per_second": images / seconds, "flops_per_step": flops,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create the project's virtual environment in .venv (idempotent: a complete .venv is reused).
 # torch 2.13.0 (CPU wheel) goes in first so that nothing pulls a CUDA build; the rest is pinned by
-# requirements.txt and constrained by constraints.txt (the probe's freeze).
+# requirements.txt and constrained by constraints.txt (the freeze of a checked install, docs/stack.md §1.1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}

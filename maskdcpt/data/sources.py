@@ -32,7 +32,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
