@@ -110,10 +110,21 @@ def _reset_mlflow_uris():
         pass
 
 
-def use_store(path: Path) -> None:
-    """Point this process's MLflow tracking *and* registry at the SQLite store ``path``."""
+def use_store(path: Path, experiment: str | None = None) -> str:
+    """Point this process's MLflow tracking *and* registry at the SQLite store ``path``; return its URI.
+
+    With ``experiment``, also create (if needed) and activate that experiment with its artifacts in
+    ``<path's folder>/mlartifacts``: an experiment created without an artifact location would put its
+    artifacts in ``./mlruns`` of the working directory, i.e. the project's."""
     import mlflow
 
     uri = f"sqlite:///{path}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if experiment is not None:
+        client = mlflow.MlflowClient(uri)
+        if client.get_experiment_by_name(experiment) is None:
+            client.create_experiment(experiment,
+                                     artifact_location=(Path(path).parent / "mlartifacts").resolve().as_uri())
+        mlflow.set_experiment(experiment)
+    return uri

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from maskdcpt.data.testsets import (DATASETS, BenchmarkMissing, first_number, load_benchmark, synthesize_lq,
                                       training_pairs)
@@ -227,18 +226,44 @@ def test_jpeg_and_demosaic_synthesis():
         synthesize_lq(gt, {"type": "bogus"})
 
 
-def test_s3_prefix_is_mirrored(tmp_path):
-    boto3 = pytest.importorskip("boto3")
-    moto = pytest.importorskip("moto")
-    make_rain100l(tmp_path / "src" / "Rain100L")
-    with moto.mock_aws():
-        client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+def test_s3_prefix_is_mirrored(tmp_path, monkeypatch):
+    """A set under an ``s3://`` prefix of a real S3-compatible server (moto on 127.0.0.1) is mirrored into the
+    cache byte for byte, credentials from the environment, and loads like the local folder."""
+    import boto3
+
+    from pipelines.services import start_moto
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    src = tmp_path / "src"
+    make_rain100l(src / "Rain100L")
+    local = load_benchmark("rain100l", src / "Rain100L")
+    server = start_moto(log_dir=tmp_path / "moto")
+    try:
+        client = boto3.client("s3", endpoint_url=server.url, region_name="us-east-1")
         client.create_bucket(Bucket="bench")
-        for f in (tmp_path / "src").rglob("*.png"):
-            client.upload_file(str(f), "bench", f"sets/{f.relative_to(tmp_path / 'src').as_posix()}")
-        s = load_benchmark("rain100l", "s3://bench/sets/Rain100L", cache_dir=tmp_path / "cache", client=client)
-    assert [e.id for e in s.entries] == ["1", "2"] and len(list(s)) == 2
-    assert str(s.root).startswith(str(tmp_path / "cache"))
+        for f in src.rglob("*.png"):
+            client.upload_file(str(f), "bench", f"sets/{f.relative_to(src).as_posix()}")
+        client.put_object(Bucket="bench", Key="sets/other/ignored.png", Body=b"not under the prefix")
+        s = load_benchmark("rain100l", "s3://bench/sets/Rain100L", cache_dir=tmp_path / "cache",
+                           endpoint_url=server.url)
+        assert [e.id for e in s.entries] == ["1", "2"] and len(list(s)) == 2
+        assert str(s.root).startswith(str(tmp_path / "cache"))
+        mirrored = {p.relative_to(s.root).as_posix(): p.read_bytes() for p in Path(s.root).rglob("*.png")}
+        assert mirrored == {p.relative_to(src / "Rain100L").as_posix(): p.read_bytes()
+                            for p in (src / "Rain100L").rglob("*.png")}
+        assert not list((tmp_path / "cache").rglob("ignored.png"))
+        for a, b in zip(s, local):
+            assert a.id == b.id and np.array_equal(a.lq, b.lq) and np.array_equal(a.gt, b.gt)
+        # a second load is served from the cache: the objects are not fetched again
+        stamps = {p: p.stat().st_mtime_ns for p in Path(s.root).rglob("*.png")}
+        again = load_benchmark("rain100l", "s3://bench/sets/Rain100L", cache_dir=tmp_path / "cache",
+                               endpoint_url=server.url)
+        assert [e.id for e in again.entries] == ["1", "2"]
+        assert {p: p.stat().st_mtime_ns for p in Path(s.root).rglob("*.png")} == stamps
+    finally:
+        server.stop()
 
 
 # ------------------------------------------------------------------------------------- protocol + CLI

@@ -7,6 +7,7 @@ import sys
 import mlflow
 import numpy as np
 import pytest
+import yaml
 
 from conftest import make_project, project_env, use_store
 
@@ -22,6 +23,18 @@ def dvc(project, *args, timeout=1500):
     if proc.returncode != 0:
         raise AssertionError(f"dvc {args} exit {proc.returncode}\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}")
     return proc.stdout + proc.stderr
+
+
+def dvc_json(project, *args):
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args, "--json"], cwd=project, env=project_env(project),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"dvc {args}: {proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(proc.stdout)
+
+
+def git_show(project, path):
+    return subprocess.run(["git", "show", f"HEAD:{path}"], cwd=project, env=project_env(project), check=True,
+                          capture_output=True, text=True).stdout
 
 
 def ran(output):
@@ -50,8 +63,13 @@ def test_dvc_repro_end_to_end(tmp_path):
     exp = dvc(project, "exp", "run", "-S", "evaluate.grid_max_images=2")
     assert ran(exp) == ["evaluate"]
     assert "evaluate.grid_max_images" in dvc(project, "exp", "show", "--no-pager", "--csv")
-    dvc(project, "metrics", "diff")
-    dvc(project, "plots", "diff", "--json")
+    changed = dvc_json(project, "params", "diff")["params.yaml"]["evaluate.grid_max_images"]
+    assert (changed["old"], changed["new"]) == (1, 2), changed
+    # another grid size re-runs evaluate but changes no score: no PSNR/SSIM in the metrics diff
+    diff = dvc_json(project, "metrics", "diff").get("metrics/benchmark.json", {})
+    assert not [k for k in diff if k.endswith((".psnr", ".ssim"))], diff
+    plots = dvc_json(project, "plots", "diff")
+    assert "psnr_per_degradation" in json.dumps(plots), str(plots)[:2000]
 
     # a synthesis parameter changes: synthesis and everything downstream re-run, nothing upstream
     params = (project / "params.yaml").read_text()
@@ -60,13 +78,35 @@ def test_dvc_repro_end_to_end(tmp_path):
     rerun = dvc(project, "repro")
     assert "prepare" not in ran(rerun)
     assert sorted(ran(rerun)) == sorted(STAGES[1:])
+    # the metrics diff reports the committed and the new benchmark numbers
+    before = json.loads(git_show(project, "metrics/benchmark.json"))
+    now = json.loads((project / "metrics/benchmark.json").read_text())
+    diff = dvc_json(project, "metrics", "diff")["metrics/benchmark.json"]
+    assert diff, "new training data, yet no metric changed"
+    for key in ("maskdcpt.mean.psnr", "scratch.mean.psnr", "gain_db.mean"):
+        a, b, leaf = key.split(".")[0], key.split(".")[1], key.split(".")[-1]
+        old = before[a][b] if a == "gain_db" else before[a][b][leaf]
+        new = now[a][b] if a == "gain_db" else now[a][b][leaf]
+        if old != new:
+            assert diff[key]["old"] == pytest.approx(old) and diff[key]["new"] == pytest.approx(new), diff[key]
+        else:
+            assert key not in diff
 
-    # the registry: challenger and champion, and the champion restores a benchmark image
+    # the registry: challenger and champion (exactly the one the gate chose), and the champion restores a
+    # benchmark image
+    from pipelines.registry import decide
+
     use_store(project / 'mlflow.db')
     client = mlflow.MlflowClient()
     name = "maskdcpt-nafnet-5d"
+    decision = json.loads((project / "reports/register/decision.json").read_text())
+    assert decision["version"] == "2" and decision["champion_version_before"] == "1"
+    register = yaml.safe_load((project / "params.yaml").read_text())["register"]
+    promote, _ = decide(decision["challenger_psnr"], decision["champion_psnr_before"], register["min_gain_db"],
+                        register["max_drop_db"])
+    assert decision["promoted"] == promote
     assert str(client.get_model_version_by_alias(name, "challenger").version) == "2"
-    assert str(client.get_model_version_by_alias(name, "champion").version) in ("1", "2")
+    assert str(client.get_model_version_by_alias(name, "champion").version) == ("2" if promote else "1")
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     net = model.unwrap_python_model().net
     from maskdcpt.data.shards import read_shard

@@ -213,8 +213,25 @@ def test_cron_deployment_executed_by_process_worker(tmp_path):
         server.stop()
 
 
+def _complete_checkpoint_step(ckroot: Path) -> int:
+    """The step of the newest *complete* DeepSpeed checkpoint under ``ckroot`` (0 when none): DeepSpeed writes
+    ``latest`` (naming the tag) only after every file of that tag is saved, so a ``step*`` folder alone is not
+    enough (it exists while its files are still being written)."""
+    best = 0
+    for latest in ckroot.glob("*/latest"):
+        tag = latest.read_text().strip()
+        if tag.startswith("step") and tag[4:].isdigit() and (latest.parent / tag).is_dir():
+            best = max(best, int(tag[4:]))
+    return best
+
+
 def test_training_stage_killed_midway_resumes(tmp_path):
-    project = make_project(tmp_path / "proj", {"finetune.steps": 300, "finetune.checkpoint_every": 20},
+    """A fine-tune killed (SIGKILL) after a complete checkpoint resumes from it, and ends with the same weights as
+    an uninterrupted run of the same stage."""
+    import torch
+
+    steps = 100
+    project = make_project(tmp_path / "proj", {"finetune.steps": steps, "finetune.checkpoint_every": 20},
                            dvc=False)
     for stage in ("prepare", "synthesize", "validate"):
         run_stage(project, stage)
@@ -224,17 +241,34 @@ def test_training_stage_killed_midway_resumes(tmp_path):
                             start_new_session=True)
     ckroot = project / ".cache" / "checkpoints" / "finetune-scratch"
     deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and not list(ckroot.glob("*/step40")):
-        assert proc.poll() is None, "stage ended before it could be interrupted"
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    try:
+        while time.monotonic() < deadline and _complete_checkpoint_step(ckroot) < 40:
+            assert proc.poll() is None, "stage ended before it could be interrupted"
+            time.sleep(0.1)
+        at_kill = _complete_checkpoint_step(ckroot)
+        assert at_kill >= 40, "no complete checkpoint at step 40 within 600 s"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert at_kill < steps
     # nothing that DVC would take as done
     assert not (project / "models/finetune/scratch").exists()
     run_stage(project, "finetune", "--variant", "scratch")
-    summary = json.loads((project / "models/finetune/scratch/summary.json").read_text())
-    assert summary["resumed_from"] >= 40 and summary["steps"] == 300
+    summary = json.loads((project / "metrics/finetune-scratch.json").read_text())
+    # resumed from the checkpoint that was complete when it was killed (or a later one it completed meanwhile)
+    assert at_kill <= summary["resumed_from"] < steps and summary["steps"] == steps
     assert not ckroot.exists() or not any(ckroot.iterdir())
+    resumed = torch.load(project / "models/finetune/scratch/model.pt", weights_only=True)
+
+    # the same stage uninterrupted (no checkpoint left to resume from) gives the same weights
+    shutil.rmtree(project / "models/finetune/scratch")
+    run_stage(project, "finetune", "--variant", "scratch")
+    assert json.loads((project / "metrics/finetune-scratch.json").read_text())["resumed_from"] == 0
+    whole = torch.load(project / "models/finetune/scratch/model.pt", weights_only=True)
+    for key in ("params", "params_ema"):
+        assert set(resumed[key]) == set(whole[key])
+        diff = {k: float((resumed[key][k] - whole[key][k]).abs().max()) for k in whole[key]}
+        assert max(diff.values()) <= 1e-6, (key, {k: v for k, v in diff.items() if v > 1e-6})
 
 
 def test_distributed_shard_flow_then_stage_reuses_shards(tmp_path):
