@@ -25,11 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import maskdcpt  # noqa: F401  (offline environment defaults)
+import pipelines  # noqa: F401  (offline environment defaults before prefect is imported)
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 
-from maskdcpt.config import find_root, flatten, load_params
+from maskdcpt.config import find_root, flatten
+from pipelines.params import load_params
 from maskdcpt.atomic import atomic_write_text
 
 SOURCE_FINGERPRINT = Path("data/source.json")

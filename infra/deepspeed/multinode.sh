@@ -11,7 +11,7 @@ HOSTFILE=${HOSTFILE:-infra/deepspeed/hostfile}
 python - "$HOSTFILE" <<'PY'
 import sys
 import yaml
-from maskdcpt.config import load_params, set_dotted
+from pipelines.params import load_params, set_dotted
 p = load_params()
 for key, value in {"deepspeed.bf16": True, "deepspeed.zero_stage": 2, "deepspeed.dist_backend": "nccl",
                    "deepspeed.launcher": f"deepspeed --hostfile {sys.argv[1]} --module",
