@@ -36,7 +36,7 @@ def test_masking_property_every_stage():
     stages = ["encoder_level1", "latent", "noise_level3", "reduce_noise_level3", "decoder_level3", "prompt2",
               "noise_level2", "decoder_level2", "prompt1", "noise_level1", "reduce_noise_level1", "decoder_level1",
               "refinement"]
-    check_masking_property(model, stages)
+    check_masking_property(model, stages, global_only=("prompt1", "prompt2", "prompt3"))
     check_all_visible_equals_plain(model)
 
 
@@ -62,6 +62,7 @@ def test_strict_loading_upstream_names():
 
 
 def test_overfit_pretraining_and_finetuning():
-    pre, fine = overfit_losses("promptir")
+    # the prompt-weighted decoder learns the fixed denoising batch more slowly than NAFNet: more steps, NAFNet's lr
+    pre, fine = overfit_losses("promptir", fine_steps=80, fine_lr=5e-3)
     assert min(pre) < 0.5 * pre[0], pre
     assert min(fine) < 0.5 * fine[0], fine
