@@ -86,6 +86,26 @@ def run_stage(project: Path, stage: str, *extra: str, prefect: bool = False, che
     return proc
 
 
+CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    """A real moto S3 server on 127.0.0.1 for the module, with fake credentials in the environment meanwhile."""
+    from pipelines.services import start_moto
+
+    old = {k: os.environ.get(k) for k in CREDS}
+    os.environ.update(CREDS)
+    svc = start_moto(log_dir=tmp_path_factory.mktemp("moto"))
+    yield svc
+    svc.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture
 def tiny_project(tmp_path):
     return make_project(tmp_path / "proj", dvc=False)

@@ -13,29 +13,13 @@ import time
 from pathlib import Path
 
 import boto3
-import numpy as np
 import pytest
 
-from conftest import REPO, make_project, project_env, run_stage, use_store
-from pipelines.services import start_mlflow, start_moto, start_prefect
+from conftest import CREDS, make_project, project_env, run_stage, use_store
+from pipelines.services import start_mlflow, start_prefect
 
 pytestmark = pytest.mark.slow
 
-CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    old = {k: os.environ.get(k) for k in CREDS}
-    os.environ.update(CREDS)
-    svc = start_moto(log_dir=tmp_path_factory.mktemp("moto"))
-    yield svc
-    svc.stop()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def _s3(moto):

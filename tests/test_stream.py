@@ -3,7 +3,6 @@ order, exact resume, bad data, S3 on a real moto server, and the paper-5d traini
 from __future__ import annotations
 
 import io
-import os
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -16,7 +15,6 @@ import torch
 from maskdcpt.data.shards import write_shard
 from maskdcpt.data.stream import BadSampleError, ShardIndex, StreamLoader, emission_order, iter_batches, iter_samples
 
-CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 def make_shards(folder: Path, n_shards: int = 5, per_shard: int = 7, size: int = 16, split: str = "train",
@@ -259,34 +257,18 @@ def test_shard_out_of_step_with_manifest_is_an_error(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ S3 on moto
-@pytest.fixture(scope="module")
-def moto_s3(tmp_path_factory):
-    from pipelines.services import start_moto
-
-    old = {k: os.environ.get(k) for k in CREDS}
-    os.environ.update(CREDS)
-    svc = start_moto(log_dir=tmp_path_factory.mktemp("moto"))
-    yield svc
-    svc.stop()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
 @pytest.mark.parametrize("workers", [0, 2])
-def test_streams_from_s3_on_moto_like_the_local_folder(tmp_path, moto_s3, workers):
+def test_streams_from_s3_on_moto_like_the_local_folder(tmp_path, moto, workers):
     from maskdcpt.data.sources import s3_client
 
     manifest = make_shards(tmp_path / "p", n_shards=3, per_shard=5)
-    client = s3_client(moto_s3.url)
+    client = s3_client(moto.url)
     bucket = f"shards-{workers}"
     client.create_bucket(Bucket=bucket)
     for f in sorted((tmp_path / "p").glob("*.tar")):
         client.upload_file(str(f), bucket, f"runs/a/{f.name}")
     local = ShardIndex.from_manifest(manifest, tmp_path / "p", "train")
-    remote = ShardIndex.from_manifest(manifest, f"s3://{bucket}/runs/a", "train", s3_endpoint_url=moto_s3.url)
+    remote = ShardIndex.from_manifest(manifest, f"s3://{bucket}/runs/a", "train", s3_endpoint_url=moto.url)
     kw = dict(batch_size=3, seed=4, num_workers=workers, shuffle_buffer=4, fields=None)
     for a, b in zip(_take(StreamLoader(local, **kw), 8), _take(StreamLoader(remote, **kw), 8)):
         assert a["keys"] == b["keys"] and torch.equal(a["lq"], b["lq"]) and torch.equal(a["gt"], b["gt"])
@@ -297,7 +279,7 @@ def test_streams_from_s3_on_moto_like_the_local_folder(tmp_path, moto_s3, worker
     assert len(_drain(skip)) == 14 - 5 and skip.skipped == 5
 
 
-def test_transient_s3_errors_are_retried(tmp_path, moto_s3):
+def test_transient_s3_errors_are_retried(tmp_path, moto):
     """A proxy on 127.0.0.1 in front of moto answers the first GETs of each object with 503: the stream retries
     (botocore standard mode, exponential backoff) and yields the same batches."""
     import http.server
@@ -307,7 +289,7 @@ def test_transient_s3_errors_are_retried(tmp_path, moto_s3):
     from maskdcpt.data.sources import s3_client
 
     manifest = make_shards(tmp_path / "p", n_shards=2, per_shard=4)
-    client = s3_client(moto_s3.url)
+    client = s3_client(moto.url)
     client.create_bucket(Bucket="flaky")
     for f in sorted((tmp_path / "p").glob("*.tar")):
         client.upload_file(str(f), "flaky", f.name)
@@ -321,9 +303,9 @@ def test_transient_s3_errors_are_retried(tmp_path, moto_s3):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            req = urllib.request.Request(moto_s3.url + self.path, headers={k: v for k, v in self.headers.items()
+            req = urllib.request.Request(moto.url + self.path, headers={k: v for k, v in self.headers.items()
                                                                             if k.lower() != "host"})
-            req.add_header("Host", moto_s3.url.split("//")[1])
+            req.add_header("Host", moto.url.split("//")[1])
             with urllib.request.urlopen(req) as r:
                 body = r.read()
                 self.send_response(r.status)
