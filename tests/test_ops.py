@@ -1,7 +1,6 @@
 """Operations with real processes on 127.0.0.1: MLflow server with S3 artifacts on moto, DVC push/pull on a moto
 S3 remote, the Prefect retraining flow (run, no-op rerun, new photos), a cron deployment executed by a process
 worker, and a training stage killed midway then resumed."""
-import asyncio
 import hashlib
 import json
 import os
@@ -10,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import boto3
@@ -161,28 +161,32 @@ def test_cron_deployment_executed_by_process_worker(tmp_path):
                               timeout=300)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-        async def inspect():
-            from prefect.client.orchestration import get_client
-
-            async with get_client() as client:
-                deployment = await client.read_deployment_by_name("maskdcpt-retrain/weekly")
-                crons = [s.schedule.cron for s in deployment.schedules]
-                for _ in range(60):
-                    runs = await client.read_flow_runs()
-                    scheduled = [r for r in runs if r.state_type.value == "SCHEDULED"]
-                    if scheduled:
-                        break
-                    await asyncio.sleep(1)
-                return deployment, crons, scheduled
-
-        os.environ["PREFECT_API_URL"] = server.env["PREFECT_API_URL"]
-        try:
-            deployment, crons, scheduled = asyncio.run(inspect())
-        finally:
-            os.environ.pop("PREFECT_API_URL")
+        # inspected from a fresh process: Prefect fixes its settings when first imported, so an earlier test's
+        # import in this process would send a client here to its own ephemeral server instead of this one
+        code = (
+            "import asyncio, json\n"
+            "from prefect.client.orchestration import get_client\n"
+            "async def main():\n"
+            "    async with get_client() as client:\n"
+            "        deployment = await client.read_deployment_by_name('maskdcpt-retrain/weekly')\n"
+            "        crons = [s.schedule.cron for s in deployment.schedules]\n"
+            "        for _ in range(60):\n"
+            "            runs = await client.read_flow_runs()\n"
+            "            scheduled = [r.expected_start_time.isoformat() for r in runs\n"
+            "                         if r.state_type.value == 'SCHEDULED']\n"
+            "            if scheduled:\n"
+            "                break\n"
+            "            await asyncio.sleep(1)\n"
+            "        print(json.dumps({'crons': crons, 'scheduled': scheduled}))\n"
+            "asyncio.run(main())\n")
+        probe = subprocess.run([sys.executable, "-c", code], cwd=project, env=env, capture_output=True, text=True,
+                               timeout=300)
+        assert probe.returncode == 0, probe.stdout[-3000:] + probe.stderr[-3000:]
+        found = json.loads(probe.stdout.strip().splitlines()[-1])
+        crons = found["crons"]
+        scheduled = [datetime.fromisoformat(t) for t in found["scheduled"]]
         assert crons == ["0 3 * * 0"]
-        assert scheduled and all(r.expected_start_time.weekday() == 6 and r.expected_start_time.hour == 3
-                                 for r in scheduled)
+        assert scheduled and all(t.weekday() == 6 and t.hour == 3 for t in scheduled)
         # run it now through a process worker (a full tiny retraining)
         run = subprocess.run([str(Path(sys.executable).parent / "prefect"), "deployment", "run",
                               "maskdcpt-retrain/weekly"], cwd=project, env=env, capture_output=True, text=True,
