@@ -44,12 +44,15 @@ def load_classifier(path: str | os.PathLike, classes: list[str] | None = None,
     Raises:
         FileNotFoundError / ValueError: missing file, not a MaskDCPT pre-training checkpoint, or a class list
             whose length differs from the classifier's outputs.
+        maskdcpt.integrity.ChecksumError: a file whose bytes differ from the ``sha256.json`` beside it.
     """
     import json
 
+    from maskdcpt.integrity import verify_if_recorded
     from maskdcpt.models.checkpoints import build_pretrain_model_from_state, load_checkpoint_state
 
     path = Path(path)
+    verify_if_recorded(path)
     sd, meta = load_checkpoint_state(path, key="params")
     if "classifier.fc.weight" not in sd or not any(k.startswith("backbone.") for k in sd):
         raise ValueError(f"{path} is not a MaskDCPT pre-training checkpoint (no 'backbone.*' and "

@@ -37,7 +37,6 @@ Multi-frame files (GIF, multi-page TIFF) yield their first frame.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import struct
@@ -47,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from maskdcpt.atomic import atomic_open, atomic_write_bytes
+from maskdcpt.integrity import file_sha256  # noqa: F401  (re-exported)
 from maskdcpt.png import decode_png, encode_png, quantize, write_png  # noqa: F401  (re-exported)
 
 __all__ = [
@@ -93,19 +93,6 @@ class ImageRejected(ValueError):
 
     def __reduce__(self):  # keep it picklable (multiprocessing workers)
         return (self.__class__, (self.reason, self.message, self.path))
-
-
-# --------------------------------------------------------------------------------------------------
-# hashing and atomic writes
-
-
-def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes, read in ``chunk_size`` chunks (constant memory)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk_size), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------

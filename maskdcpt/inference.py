@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from maskdcpt.config import tracking_uri
+from maskdcpt.integrity import verify_if_recorded
 from maskdcpt.restore import resolve_device
 
 __all__ = [
@@ -50,6 +51,7 @@ REGISTERED_MODEL_NAME = "maskdcpt-nafnet-5d"
 DEFAULT_MODEL_URI = f"models:/{REGISTERED_MODEL_NAME}@champion"
 
 _URI_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:/")
+_REGISTRY_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -95,14 +97,17 @@ def load_model(spec: str | os.PathLike, device: str | torch.device | None = "aut
     Raises:
         FileNotFoundError: a file path that does not exist.
         ValueError: an unreadable or unrecognised checkpoint, or an MLflow model that is not a restorer.
+        maskdcpt.integrity.ChecksumError: weights whose bytes differ from their record: the ``sha256.json`` beside
+            a checkpoint file (when there is one), a registry version's ``weights_sha256`` tag (names the version).
     """
     dev = resolve_device(device)
     text = str(spec)
     path = Path(text)
     if path.is_file():
+        verified = verify_if_recorded(path)
         sd, meta = load_checkpoint_state(path, key=key)
         net = build_restorer(sd, meta, arch=arch)
-        net.maskdcpt_info["source"] = str(path)
+        net.maskdcpt_info.update(source=str(path), weights_verified=verified)
     elif _URI_RE.match(text) or (path.is_dir() and (path / "MLmodel").is_file()):
         net = _load_mlflow(text, dev, tracking)
     else:
@@ -123,9 +128,14 @@ def _load_mlflow(uri: str, device: torch.device, tracking: str | None) -> nn.Mod
         mlflow.set_tracking_uri(tracking or tracking_uri())
         mlflow.set_registry_uri(tracking or tracking_uri())
     try:
+        expected, what = _recorded_weights(uri)
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except MlflowException as e:
         raise ValueError(f"cannot resolve MLflow model {uri!r} (tracking URI {mlflow.get_tracking_uri()}): {e}") from e
+    if expected is not None:  # the downloaded copy, i.e. the bytes that are loaded next
+        from maskdcpt.integrity import verify_files
+
+        verify_files(local, expected, what=what)
     import yaml
 
     flavors = (yaml.safe_load((local / "MLmodel").read_text()) or {}).get("flavors", {})
@@ -144,8 +154,38 @@ def _load_mlflow(uri: str, device: torch.device, tracking: str | None) -> nn.Mod
         raise ValueError(f"MLflow model {uri!r} has neither a pytorch nor a python_function flavour: {sorted(flavors)}")
     info = dict(getattr(net, "maskdcpt_info", {}) or {})
     info["source"] = uri
+    info["weights_verified"] = expected is not None
     net.maskdcpt_info = info
     return net
+
+
+def _recorded_weights(uri: str) -> tuple[dict[str, str] | None, str]:
+    """For a registry URI (``models:/name@alias``, ``models:/name/N``): the version's recorded weight checksums
+    (tag :data:`maskdcpt.integrity.REGISTRY_TAG`) and a description naming the version; ``(None, ...)`` for
+    other URIs and, with a warning, for a version registered without checksums."""
+    m = _REGISTRY_RE.match(uri)
+    if not m:
+        return None, uri
+    import json
+    import warnings
+
+    import mlflow
+
+    from maskdcpt.integrity import REGISTRY_TAG, ChecksumError
+
+    client = mlflow.MlflowClient()
+    mv = (client.get_model_version_by_alias(m["name"], m["alias"]) if m["alias"]
+          else client.get_model_version(m["name"], m["version"]))
+    what = f"registered model {mv.name} version {mv.version} ({uri})"
+    raw = (mv.tags or {}).get(REGISTRY_TAG)
+    if not raw:
+        warnings.warn(f"{what} has no '{REGISTRY_TAG}' tag: its weights are loaded unverified", stacklevel=3)
+        return None, what
+    try:
+        expected = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ChecksumError(f"{what}: unreadable '{REGISTRY_TAG}' tag ({e})") from e
+    return expected, what
 
 
 # --------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +37,25 @@ class RestorerPyfunc(_PythonModel):
     """MLflow ``PythonModel`` restoring images with a network from the ``checkpoint`` artifact.
 
     Model config (``model_config`` of :func:`log_pyfunc_model`): ``tile`` (int or None, default None),
-    ``overlap`` (default 32), ``device`` (default ``"auto"``: cuda if available).
+    ``overlap`` (default 32), ``device`` (default ``"auto"``: cuda if available), ``checkpoint_sha256`` (the
+    checkpoint's SHA-256 when it was logged; verified before the weights are loaded).
     """
 
-    def load_context(self, context) -> None:  # noqa: D102
+    def load_context(self, context) -> None:
+        """Load the ``checkpoint`` artifact after checking its SHA-256 (``ChecksumError`` when it differs; a model
+        logged without one is loaded with a warning)."""
         from maskdcpt.inference import load_model
+        from maskdcpt.integrity import verify_files
 
         cfg = dict(getattr(context, "model_config", None) or {})
         self.tile = cfg.get("tile")
         self.overlap = int(cfg.get("overlap", 32))
-        self.net = load_model(context.artifacts["checkpoint"], device=cfg.get("device", "auto"))
+        ckpt = Path(context.artifacts["checkpoint"])
+        if cfg.get("checkpoint_sha256"):
+            verify_files(ckpt.parent, {ckpt.name: cfg["checkpoint_sha256"]}, what=f"checkpoint artifact {ckpt}")
+        else:
+            warnings.warn(f"pyfunc model logged without checkpoint_sha256: {ckpt} is loaded unverified", stacklevel=2)
+        self.net = load_model(ckpt, device=cfg.get("device", "auto"))
 
     def predict(self, context, model_input, params=None):
         """Restore ``model_input``: ``(H, W, 3)`` or ``(N, H, W, 3)``, float32 in [0, 1] or uint8.
@@ -126,6 +136,7 @@ def log_pyfunc_model(net_or_ckpt_path: Any, name: str = "model", registered_mode
 
     import maskdcpt
     from maskdcpt.inference import load_model
+    from maskdcpt.integrity import file_sha256
 
     with tempfile.TemporaryDirectory(prefix="maskdcpt-pyfunc-") as tmp:
         if isinstance(net_or_ckpt_path, torch.nn.Module):
@@ -137,7 +148,8 @@ def log_pyfunc_model(net_or_ckpt_path: Any, name: str = "model", registered_mode
         kwargs = dict(name=name, python_model=RestorerPyfunc(), artifacts={"checkpoint": str(ckpt)},
                       code_paths=[str(Path(maskdcpt.__file__).parent)], pip_requirements=_requirements(),
                       signature=pyfunc_signature(), input_example=example,
-                      model_config={"tile": tile, "overlap": int(overlap), "device": "auto"},
+                      model_config={"tile": tile, "overlap": int(overlap), "device": "auto",
+                                    "checkpoint_sha256": file_sha256(ckpt)},
                       registered_model_name=registered_model_name)
         if mlflow.active_run() is None:
             with mlflow.start_run():

@@ -65,17 +65,48 @@ def decide(challenger: dict[str, float], champion: dict[str, float] | None, min_
 
 
 def load_registered_network(uri: str) -> torch.nn.Module:
-    """The torch network inside a registered restorer: the pyfunc model's network (``unwrap_python_model().net``),
-    or a plain ``mlflow.pytorch`` model. Raises ``mlflow.exceptions.MlflowException`` for an unknown URI."""
-    import mlflow.pyfunc
+    """The torch network inside a registered restorer (pyfunc or ``mlflow.pytorch`` flavour) on the CPU, its
+    weights verified against the version's recorded checksums (:func:`maskdcpt.inference.load_model`).
 
-    model = mlflow.pyfunc.load_model(uri)
-    try:
-        return model.unwrap_python_model().net
-    except Exception:  # an mlflow.pytorch flavour model
-        import mlflow.pytorch
+    Raises:
+        ValueError: an unknown URI or a model that is not a restorer.
+        maskdcpt.integrity.ChecksumError: weights that differ from the recorded SHA-256 (names the version).
+    """
+    from maskdcpt.inference import load_model
 
-        return mlflow.pytorch.load_model(uri)
+    return load_model(uri, device="cpu")
+
+
+def record_weights(client, name: str, version: str, source: Path | None = None) -> dict[str, str]:
+    """Hash every weight file of registered version ``name``/``version`` as the registry serves it (a fresh
+    download), set them as the version's ``weights_sha256`` tag (JSON) and return them.
+
+    With ``source`` (the checkpoint that was logged) the stored copy must have the same bytes.
+
+    Raises:
+        maskdcpt.integrity.ChecksumError: no weight file in the version, or a stored copy that differs from
+            ``source`` (a corrupted upload).
+    """
+    import json
+    import tempfile
+
+    import mlflow
+
+    from maskdcpt.integrity import REGISTRY_TAG, ChecksumError, file_sha256, weight_files
+
+    what = f"registered model {name} version {version}"
+    with tempfile.TemporaryDirectory(prefix="maskdcpt-register-") as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=tmp)
+        files = weight_files(local)
+    if not files:
+        raise ChecksumError(f"{what}: no weight file found to record")
+    if source is not None and file_sha256(source) not in files.values():
+        raise ChecksumError(f"{what}: the stored weights differ from the logged checkpoint {source}")
+    text = json.dumps(files, sort_keys=True, separators=(",", ":"))
+    if len(text) > 5000:  # MLflow's tag value limit
+        raise ValueError(f"{what}: {len(files)} weight files do not fit in one tag")
+    client.set_model_version_tag(name, version, REGISTRY_TAG, text)
+    return files
 
 
 def champion_version(client, name: str):

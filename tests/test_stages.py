@@ -18,6 +18,7 @@ import yaml
 from PIL import Image
 
 from conftest import make_project, run_stage, use_store
+from maskdcpt.integrity import file_sha256, write_sidecar
 
 ORDER = ("prepare", "synthesize", "validate", "pretrain", "finetune@maskdcpt", "finetune@scratch", "evaluate",
          "register")
@@ -146,6 +147,9 @@ def test_pretrain(pipeline):
     bound = adam_bound(params["pretrain"]["steps"], params["pretrain"]["backbone_lr"])
     assert max(moved.values()) <= bound, {k: v for k, v in moved.items() if v > bound}
     assert max(moved.values()) > 0.5 * params["pretrain"]["backbone_lr"]
+    # the checksums fine-tuning verifies are those of the files written
+    record = json.loads((project / "models/pretrain/sha256.json").read_text())
+    assert record == {n: file_sha256(project / "models/pretrain" / n) for n in ("backbone.pt", "model.pt")}
     metrics = json.loads((project / "metrics/pretrain.json").read_text())
     assert metrics["steps"] == 3 and math.isfinite(metrics["train_loss"]) and metrics["train_loss"] > 0
     assert 0.0 <= metrics["val_acc"] <= 1.0
@@ -230,6 +234,10 @@ def test_register_and_promotion(pipeline):
     assert name == "maskdcpt-nafnet-5d"
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
     assert str(client.get_model_version_by_alias(name, "challenger").version) == "1"
+    # the weights' checksums are recorded as the version tag and in decision.json: those of the logged checkpoint
+    recorded = json.loads(client.get_model_version(name, "1").tags["weights_sha256"])
+    assert recorded == decision["weights_sha256"]
+    assert file_sha256(project / "models/finetune/maskdcpt/model.pt") in recorded.values()
     model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     net = model.unwrap_python_model().net
     # the champion is the fine-tuned MaskDCPT model (its EMA weights), not some other network of the same shape
@@ -274,12 +282,13 @@ def test_second_register_gates_on_the_champion(pipeline):
     before = _versions(client, name)
     champion_before = str(client.get_model_version_by_alias(name, "champion").version)
     good = json.loads((project / "metrics/benchmark.json").read_text())["maskdcpt"]["mean"]["psnr"]
-    with restored_after(project, "models/finetune/maskdcpt/model.pt", "metrics/benchmark.json", "reports/evaluate"):
+    with restored_after(project, "models/finetune/maskdcpt", "metrics/benchmark.json", "reports/evaluate"):
         path = project / "models/finetune/maskdcpt/model.pt"
         ckpt = torch.load(path, weights_only=True)
         for key in ("params", "params_ema"):
             ckpt[key]["ending.bias"] = ckpt[key]["ending.bias"] + 0.3
         torch.save(ckpt, path)
+        write_sidecar(path.parent, ["model.pt"])  # a worse fine-tune, recorded as the stage would
         run_stage(project, "evaluate")
         worse = json.loads((project / "metrics/benchmark.json").read_text())["maskdcpt"]["mean"]["psnr"]
         assert worse < good - 3.0, (worse, good)

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from maskdcpt import metrics
+from maskdcpt.integrity import verify_if_recorded
 from maskdcpt.models import build_backbone, load_backbone_state_dict
 
 
@@ -25,11 +26,13 @@ def load_restorer(path: str | Path, preset: str | None = None, key: str = "param
     """Load a fine-tuned checkpoint (``{"params", "params_ema", "meta"}``) into a plain backbone in eval mode.
 
     The arch (``nafnet`` default, or ``restormer``) and preset come from the checkpoint's ``meta`` unless given.
-    Raises ``FileNotFoundError`` / ``ValueError``.
+    Raises ``FileNotFoundError`` / ``ValueError``, and ``maskdcpt.integrity.ChecksumError`` for a file that
+    differs from the ``sha256.json`` beside it.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    verify_if_recorded(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     meta = state.get("meta") or {}
     preset = preset or meta.get("preset") or "cpu-default"

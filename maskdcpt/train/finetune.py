@@ -14,8 +14,9 @@ from typing import Any, Callable, Sequence
 import torch
 
 from maskdcpt.data.pairs import PairSet, sample_batch
-from maskdcpt.losses import RESTORATION_LOSSES, restoration_loss
 from maskdcpt.data.stream import ShardIndex, StreamLoader, iter_batches
+from maskdcpt.integrity import verify_sidecar, write_sidecar
+from maskdcpt.losses import RESTORATION_LOSSES, restoration_loss
 from maskdcpt.models import build_backbone, load_backbone_state_dict
 from maskdcpt.train import engine
 from maskdcpt.train.diagnostics import PerClassMeter, per_class_psnr, per_sample_l1
@@ -68,15 +69,18 @@ def run_finetune(train_set: PairSet | StreamLoader, *, model_cfg: dict[str, Any]
                  ds_params: dict[str, Any], seed: int, out_dir: Path, init: str = "random",
                  pretrained: Path | None = None, checkpoint_dir: Path | None = None,
                  on_log: Callable[[int, dict], None] | None = None, progress: bool = True,
-                 val_set: PairSet | ShardIndex | None = None, class_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """Fine-tune and write ``out_dir/model.pt`` (``params`` and ``params_ema``) atomically.
+                 val_set: PairSet | ShardIndex | None = None, class_names: Sequence[str] | None = None,
+                 verify_pretrained: bool = True) -> dict[str, Any]:
+    """Fine-tune and write ``out_dir/model.pt`` (``params`` and ``params_ema``) atomically, then its SHA-256 in
+    ``out_dir/sha256.json``.
 
     Args:
         train_set: a :class:`StreamLoader` over the training shards (batches of ``(lq, gt)``, ``batch_size`` =
             ``cfg["batch_size"]``, position checkpointed by the engine) or an in-memory :class:`PairSet`.
         init: ``pretrained`` (load ``pretrained``'s backbone weights, reporting loaded / missing / unexpected keys)
             or ``random``.
-        pretrained: the ``backbone.pt`` written by pre-training (required for ``init='pretrained'``).
+        pretrained: the ``backbone.pt`` written by pre-training (required for ``init='pretrained'``); with
+            ``verify_pretrained`` its bytes are checked against the ``sha256.json`` pre-training wrote beside it.
         class_names: the task's classes; with them the per-class training L1 (``train_l1_<class>``) is logged
             every ``log_every`` steps and, with ``val_set`` (equal-size crops), the per-class validation PSNR of
             the raw weights (``val_psnr_<class>``) every ``cfg["eval_every"]`` steps; both go to ``on_log`` and
@@ -86,7 +90,8 @@ def run_finetune(train_set: PairSet | StreamLoader, *, model_cfg: dict[str, Any]
         A summary with steps, timing, the last loss and the init report.
 
     Raises:
-        ValueError: unknown ``init``; FileNotFoundError: missing pre-trained file.
+        ValueError: unknown ``init``; FileNotFoundError: missing pre-trained file;
+        maskdcpt.integrity.ChecksumError: pre-trained weights that differ from (or lack) their recorded SHA-256.
     """
     if init not in ("pretrained", "random"):
         raise ValueError(f"init must be 'pretrained' or 'random', got {init!r}")
@@ -96,6 +101,8 @@ def run_finetune(train_set: PairSet | StreamLoader, *, model_cfg: dict[str, Any]
     if init == "pretrained":
         if pretrained is None or not Path(pretrained).is_file():
             raise FileNotFoundError(f"pre-trained backbone not found: {pretrained}")
+        if verify_pretrained:
+            report["pretrained_sha256"] = verify_sidecar(pretrained)
         state = torch.load(pretrained, map_location="cpu", weights_only=True)
         report.update(load_backbone_state_dict(net, state, key="params"))
     head_init = str(cfg.get("head_init", "default"))
@@ -152,6 +159,7 @@ def run_finetune(train_set: PairSet | StreamLoader, *, model_cfg: dict[str, Any]
     meta = {"arch": model_cfg.get("arch", "nafnet"), "preset": model_cfg.get("preset"), "steps": steps,
             "init": init}
     engine.atomic_torch_save({"params": params, "params_ema": ema.shadow, "meta": meta}, Path(out_dir) / "model.pt")
+    write_sidecar(out_dir, ["model.pt"])
     return {"steps": result.step, "seconds": round(result.seconds, 2),
             "images_per_second": round(result.images_per_second, 2), "resumed_from": result.resumed_from,
             "data_wait_seconds": round(result.data_wait_seconds, 3),

@@ -15,6 +15,7 @@ import torch
 
 from maskdcpt.data.pairs import PairSet, sample_batch
 from maskdcpt.data.stream import ShardIndex, StreamLoader, iter_batches
+from maskdcpt.integrity import write_sidecar
 from maskdcpt.losses import maskdcpt_loss
 from maskdcpt.models import MaskDCPTModel, build_backbone, param_groups
 from maskdcpt.train import engine
@@ -99,7 +100,8 @@ def run_pretrain(train_set: PairSet | StreamLoader, val_set: PairSet | ShardInde
                  checkpoint_dir: Path | None = None, on_log: Callable[[int, dict], None] | None = None,
                  progress: bool = True, class_names: list[str] | None = None) -> dict[str, Any]:
     """Pre-train and write ``out_dir/model.pt`` (whole network, ``params``) and ``out_dir/backbone.pt``
-    (the backbone only, official NAFNet key names, ``params``) atomically.
+    (the backbone only, official NAFNet key names, ``params``) atomically, then their SHA-256 in
+    ``out_dir/sha256.json`` (:func:`maskdcpt.integrity.write_sidecar`).
 
     ``train_set``: a :class:`StreamLoader` over the training shards (batches of ``(lq, gt, labels)``, its
     ``batch_size`` = ``cfg["batch_size"]``; the engine binds it to the rank and checkpoints its position) or an
@@ -164,6 +166,7 @@ def run_pretrain(train_set: PairSet | StreamLoader, val_set: PairSet | ShardInde
             "num_classes": num_classes, "steps": result.step}
     engine.atomic_torch_save({"params": state, "meta": meta}, out_dir / "model.pt")
     engine.atomic_torch_save({"params": backbone, "meta": meta}, out_dir / "backbone.pt")
+    write_sidecar(out_dir, ["model.pt", "backbone.pt"])  # fine-tuning verifies backbone.pt against it
     return {"steps": result.step, "seconds": round(result.seconds, 2),
             "images_per_second": round(result.images_per_second, 2), "resumed_from": result.resumed_from,
             "data_wait_seconds": round(result.data_wait_seconds, 3),

@@ -30,7 +30,7 @@ def register(params: dict[str, Any], root: Path) -> dict[str, Any]:
     from maskdcpt.eval.benchmark import evaluate_variants, summarize
     from pipelines.gx_suites import failure_summary
     from maskdcpt.serving import log_pyfunc_model
-    from pipelines.registry import champion_version, decide, load_registered_network
+    from pipelines.registry import champion_version, decide, load_registered_network, record_weights
     from pipelines.tracking import end_pipeline
 
     r = params["register"]
@@ -50,8 +50,10 @@ def register(params: dict[str, Any], root: Path) -> dict[str, Any]:
         pairs = SplitPairs(manifest, root / PAIRS, "benchmark", params["data"])  # streamed, one pair at a time
         champ_eval = summarize(evaluate_variants({"champion": champ_net}, pairs), main)
         champion = {lab: champ_eval["champion"][lab]["psnr"] for lab in [*main, "mean"]}
-    info = log_pyfunc_model(root / FINETUNED / "maskdcpt" / "model.pt", registered_model_name=name)
+    checkpoint = root / FINETUNED / "maskdcpt" / "model.pt"
+    info = log_pyfunc_model(checkpoint, registered_model_name=name)
     version = str(info.registered_model_version)
+    weights = record_weights(client, name, version, source=checkpoint)  # before any alias points at it
     client.set_registered_model_alias(name, "challenger", version)
     promote, reason = decide(challenger, champion, float(r["min_gain_db"]), float(r["max_drop_db"]))
     contract = results_contract(root, main)
@@ -70,7 +72,7 @@ def register(params: dict[str, Any], root: Path) -> dict[str, Any]:
                 "challenger_psnr": challenger, "champion_psnr_before": champion,
                 "champion_version_before": tags["champion_version_before"],
                 "champion_version": version if promote else (str(previous.version) if previous is not None else None),
-                "model_uri": f"models:/{name}@champion", "benchmark_id": bench_id}
+                "model_uri": f"models:/{name}@champion", "benchmark_id": bench_id, "weights_sha256": weights}
     write_json(root / REGISTER_REPORT, decision)
     mlflow.log_dict(decision, "register/decision.json")
     mlflow.set_tags({"decision": tags["decision"], "registered_version": version})
