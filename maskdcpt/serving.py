@@ -26,11 +26,29 @@ from typing import Any
 import numpy as np
 
 try:  # mlflow is a pipeline dependency; maskdcpt itself imports without it
+    from mlflow.exceptions import MlflowException as _MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE as _INVALID
     from mlflow.pyfunc import PythonModel as _PythonModel
 except ImportError:  # pragma: no cover
     _PythonModel = object
+    _MlflowException = Exception
+    _INVALID = None
 
-__all__ = ["RestorerPyfunc", "pyfunc_signature", "save_restorer_checkpoint", "log_pyfunc_model"]
+DEFAULT_MAX_PIXELS = 4096 * 4096  # per request (all images of a batch together)
+
+
+class BadImageInput(_MlflowException, ValueError):
+    """A request that is not a restorable image batch. The scoring server answers HTTP 400 with this message
+    (an ``MlflowException`` with ``INVALID_PARAMETER_VALUE``); called directly it is a ``ValueError``."""
+
+    def __init__(self, message: str):
+        if _MlflowException is Exception:  # pragma: no cover
+            super().__init__(message)
+        else:
+            super().__init__(message, error_code=_INVALID)
+
+__all__ = ["RestorerPyfunc", "BadImageInput", "DEFAULT_MAX_PIXELS", "pyfunc_signature", "save_restorer_checkpoint",
+           "log_pyfunc_model"]
 
 
 class RestorerPyfunc(_PythonModel):
@@ -38,7 +56,8 @@ class RestorerPyfunc(_PythonModel):
 
     Model config (``model_config`` of :func:`log_pyfunc_model`): ``tile`` (int or None, default None),
     ``overlap`` (default 32), ``device`` (default ``"auto"``: cuda if available), ``checkpoint_sha256`` (the
-    checkpoint's SHA-256 when it was logged; verified before the weights are loaded).
+    checkpoint's SHA-256 when it was logged; verified before the weights are loaded), ``max_pixels`` (pixels per
+    request, all images together; default :data:`DEFAULT_MAX_PIXELS`).
     """
 
     def load_context(self, context) -> None:
@@ -50,6 +69,7 @@ class RestorerPyfunc(_PythonModel):
         cfg = dict(getattr(context, "model_config", None) or {})
         self.tile = cfg.get("tile")
         self.overlap = int(cfg.get("overlap", 32))
+        self.max_pixels = int(cfg.get("max_pixels") or DEFAULT_MAX_PIXELS)
         ckpt = Path(context.artifacts["checkpoint"])
         if cfg.get("checkpoint_sha256"):
             verify_files(ckpt.parent, {ckpt.name: cfg["checkpoint_sha256"]}, what=f"checkpoint artifact {ckpt}")
@@ -60,21 +80,32 @@ class RestorerPyfunc(_PythonModel):
     def predict(self, context, model_input, params=None):
         """Restore ``model_input``: ``(H, W, 3)`` or ``(N, H, W, 3)``, float32 in [0, 1] or uint8.
 
-        Returns an array of the same shape and dtype (float32 for float input). A pandas DataFrame (MLflow's
-        JSON ``dataframe_*`` formats) is not an image and raises ``ValueError``.
+        Returns an array of the same shape and dtype (float32 for float input).
+
+        Raises:
+            BadImageInput: a pandas DataFrame (MLflow's JSON ``dataframe_*`` formats), another shape, a non-numeric
+                or non-finite array, or more than ``max_pixels`` pixels.
         """
         from maskdcpt.inference import restore_image
 
         if hasattr(model_input, "to_numpy") and not isinstance(model_input, np.ndarray):
-            raise ValueError("send the image as a tensor ('inputs' / 'instances' JSON), not as a dataframe")
+            raise BadImageInput("send the image as a tensor ('inputs' / 'instances' JSON), not as a dataframe")
         x = np.asarray(model_input)
-        if x.dtype.kind == "f" and x.dtype != np.float32:
-            x = x.astype(np.float32)
-        if x.ndim == 3 and x.shape[-1] == 3:
+        if x.ndim not in (3, 4) or x.shape[-1] != 3 or min(x.shape) == 0:
+            raise BadImageInput(f"expected (H, W, 3) or (N, H, W, 3) images, got shape {x.shape}")
+        if x.dtype.kind not in "fui":
+            raise BadImageInput(f"expected float32 in [0, 1] or uint8 pixels, got dtype {x.dtype}")
+        pixels = int(np.prod(x.shape[:-1]))
+        if pixels > getattr(self, "max_pixels", DEFAULT_MAX_PIXELS):
+            raise BadImageInput(f"{pixels} pixels in one request exceed max_pixels={self.max_pixels}; "
+                                "send fewer or smaller images")
+        if x.dtype.kind == "f":
+            x = x.astype(np.float32, copy=False)
+            if not np.isfinite(x).all():
+                raise BadImageInput("the image has NaN or infinite values")
+        if x.ndim == 3:
             return restore_image(self.net, x, tile=self.tile, overlap=self.overlap)
-        if x.ndim == 4 and x.shape[-1] == 3:
-            return np.stack([restore_image(self.net, im, tile=self.tile, overlap=self.overlap) for im in x])
-        raise ValueError(f"expected (H, W, 3) or (N, H, W, 3) images, got shape {x.shape}")
+        return np.stack([restore_image(self.net, im, tile=self.tile, overlap=self.overlap) for im in x])
 
 
 def pyfunc_signature():
@@ -111,7 +142,7 @@ def save_restorer_checkpoint(net, path: str | os.PathLike) -> Path:
 
 
 def log_pyfunc_model(net_or_ckpt_path: Any, name: str = "model", registered_model_name: str | None = None,
-                     tile: int | None = None, overlap: int = 32):
+                     tile: int | None = None, overlap: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Log a restorer as an MLflow pyfunc model under the active run (one is started if none is active).
 
     Args:
@@ -119,7 +150,7 @@ def log_pyfunc_model(net_or_ckpt_path: Any, name: str = "model", registered_mode
             (ours or a release file; copied as the ``checkpoint`` artifact).
         name: the model's artifact name.
         registered_model_name: register a new version under this name too.
-        tile, overlap: the :class:`RestorerPyfunc` model config.
+        tile, overlap, max_pixels: the :class:`RestorerPyfunc` model config.
 
     The model ships the ``maskdcpt`` package as code, explicit pip requirements (torch, numpy, mlflow, opencv,
     pillow, scikit-image, pyyaml pinned to the installed versions, so nothing is resolved over the network;
@@ -149,7 +180,7 @@ def log_pyfunc_model(net_or_ckpt_path: Any, name: str = "model", registered_mode
                       code_paths=[str(Path(maskdcpt.__file__).parent)], pip_requirements=_requirements(),
                       signature=pyfunc_signature(), input_example=example,
                       model_config={"tile": tile, "overlap": int(overlap), "device": "auto",
-                                    "checkpoint_sha256": file_sha256(ckpt)},
+                                    "max_pixels": int(max_pixels), "checkpoint_sha256": file_sha256(ckpt)},
                       registered_model_name=registered_model_name)
         if mlflow.active_run() is None:
             with mlflow.start_run():

@@ -1,5 +1,5 @@
-"""Local launchers for the scaled-out services, on 127.0.0.1 ports: an ``mlflow server``, a moto S3 server and a
-``prefect server``. The tests use them; ``python -m pipelines.services up|down|status`` runs them by hand
+"""Local launchers for the scaled-out services, on 127.0.0.1 ports: an ``mlflow server``, a moto S3 server, a
+``prefect server`` and an ``mlflow models serve`` scoring server. The tests use them; ``python -m pipelines.services up|down|status`` runs them by hand
 (``infra/README.md``).
 
 Each launcher starts the server in its own process group, waits until its health endpoint answers (bounded wait),
@@ -144,6 +144,24 @@ def start_mlflow(port: int | None = None, backend_uri: str | None = None, artifa
     env = {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint} if s3_endpoint else {}
     url = f"http://127.0.0.1:{port}"
     return _start("mlflow", cmd, url, f"{url}/health", log, env, timeout)
+
+
+def start_model_server(model_uri: str, tracking_uri: str | None = None, port: int | None = None,
+                       log_dir: Path | None = None, timeout: float = 240) -> Service:
+    """``mlflow models serve -m <model_uri> --env-manager local`` on 127.0.0.1 (a restorer from the registry:
+    ``models:/maskdcpt-nafnet-5d@champion``); ready when ``/ping`` answers. ``tracking_uri`` resolves ``models:/``
+    URIs (default: the environment's ``MLFLOW_TRACKING_URI``)."""
+    root = find_root()
+    port = port or free_port()
+    log = Path(log_dir or root / ".cache" / "services") / f"serve-{port}.log"
+    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local", "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "1"]
+    # mlflow execs `uvicorn` by name: this environment's bin first on PATH, activated or not
+    env = {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if tracking_uri:
+        env.update(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_REGISTRY_URI=tracking_uri)
+    url = f"http://127.0.0.1:{port}"
+    return _start("mlflow-serve", cmd, url, f"{url}/ping", log, env, timeout)
 
 
 def start_prefect(port: int | None = None, home: Path | None = None, log_dir: Path | None = None,

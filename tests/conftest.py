@@ -148,3 +148,21 @@ def use_store(path: Path, experiment: str | None = None) -> str:
                                      artifact_location=(Path(path).parent / "mlartifacts").resolve().as_uri())
         mlflow.set_experiment(experiment)
     return uri
+
+
+# The fault-injection suite (tests/faults): every scenario declares its fault with
+# ``@pytest.mark.fault(fault=..., where=..., outcome=...)``; with ``MASKDCPT_FAULT_REPORT=<file>`` each one's row
+# (fault, where, declared outcome, result, seconds) is appended to that JSON-lines file (scripts/fault_report.py).
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    import json
+
+    outcome = yield
+    report = outcome.get_result()
+    path = os.environ.get("MASKDCPT_FAULT_REPORT")
+    mark = item.get_closest_marker("fault")
+    if not path or mark is None or report.when != "call" and not (report.when == "setup" and report.failed):
+        return
+    row = {"test": item.nodeid, **mark.kwargs, "passed": report.passed, "seconds": round(report.duration, 1)}
+    with open(path, "a") as fh:
+        fh.write(json.dumps(row) + "\n")

@@ -184,11 +184,10 @@ def _registry(tmp_path, ckpt, monkeypatch):
 
     from maskdcpt.serving import log_pyfunc_model
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    from conftest import use_store
+
+    uri = use_store(tmp_path / "mlflow.db", "demo-card-test")  # artifacts under tmp_path, not ./mlruns
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    mlflow.set_experiment("demo-card-test")
     decision = {"promoted": True, "reason": "mean PSNR 27.100 dB beats champion 26.900 dB by +0.200 dB",
                 "challenger_psnr": {"rain": 25.5, "haze": 28.25, "mean": 27.1},
                 "champion_psnr_before": {"rain": 25.0, "haze": 28.5, "mean": 26.9}}

@@ -1,6 +1,6 @@
 """Operations with real processes on 127.0.0.1: MLflow server with S3 artifacts on moto, DVC push/pull on a moto
-S3 remote, the Prefect retraining flow (run, no-op rerun, new photos), a cron deployment executed by a process
-worker, and a training stage killed midway then resumed."""
+S3 remote, the Prefect retraining flow on a cron deployment (first run by a process worker, then a no-op rerun and
+a retraining on new photos), and a training stage killed midway then resumed."""
 import hashlib
 import json
 import os
@@ -120,26 +120,78 @@ def _retrain(project, extra_env=None):
     return summary, time.perf_counter() - t0
 
 
-def test_retraining_flow_runs_skips_and_retrains_on_new_photos(tmp_path):
+def _scheduled_deployment(project, env) -> tuple[list[str], list[datetime]]:
+    """The crons of deployment ``maskdcpt-retrain/weekly`` and the start times of its scheduled flow runs, read
+    from a fresh process: Prefect fixes its settings when first imported, so an earlier test's import in this
+    process would send a client here to its own ephemeral server instead of the test's server."""
+    code = (
+        "import asyncio, json\n"
+        "from prefect.client.orchestration import get_client\n"
+        "async def main():\n"
+        "    async with get_client() as client:\n"
+        "        deployment = await client.read_deployment_by_name('maskdcpt-retrain/weekly')\n"
+        "        crons = [s.schedule.cron for s in deployment.schedules]\n"
+        "        for _ in range(60):\n"
+        "            runs = await client.read_flow_runs()\n"
+        "            scheduled = [r.expected_start_time.isoformat() for r in runs\n"
+        "                         if r.state_type.value == 'SCHEDULED']\n"
+        "            if scheduled:\n"
+        "                break\n"
+        "            await asyncio.sleep(1)\n"
+        "        print(json.dumps({'crons': crons, 'scheduled': scheduled}))\n"
+        "asyncio.run(main())\n")
+    probe = subprocess.run([sys.executable, "-c", code], cwd=project, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert probe.returncode == 0, probe.stdout[-3000:] + probe.stderr[-3000:]
+    found = json.loads(probe.stdout.strip().splitlines()[-1])
+    return found["crons"], [datetime.fromisoformat(t) for t in found["scheduled"]]
+
+
+def test_cron_deployment_then_retraining_flow_runs_skips_and_retrains_on_new_photos(tmp_path):
+    """The retraining flow deployed on a weekly cron: scheduled on a real Prefect server and its first run
+    executed by a process worker (the full pipeline, pushed to the DVC remote); then run again by hand: a no-op
+    while the photos are unchanged, a retraining when a photo is added. One MLflow parent run per flow run."""
     project, src, spare = _folder_project(tmp_path)
     _dvc(project, "remote", "add", "-d", "local", "dvc-storage")
-    summary, first = _retrain(project)
-    assert summary["versions"]["remote"] == "local"
-    assert any((project / "dvc-storage").rglob("*")), "dvc push stored nothing"
-    ran = {s["stage"] for s in summary["stages"] if s["ran"]}
-    assert {"prepare", "synthesize", "validate", "pretrain", "finetune@maskdcpt", "finetune@scratch", "evaluate",
-            "register"} <= ran
+    _git(project, "add", "-A")
+    _git(project, "commit", "-qm", "remote")
+    server = start_prefect(home=tmp_path / "prefect-home", log_dir=tmp_path)
+    prefect = str(Path(sys.executable).parent / "prefect")
+    try:
+        env = {**project_env(project), **server.env, "PREFECT_HOME": str(tmp_path / "prefect-client")}
+        proc = subprocess.run([sys.executable, "-m", "maskdcpt.cli", "pipeline", "schedule", "--cron", "0 3 * * 0",
+                               "--name", "weekly"], cwd=project, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        crons, scheduled = _scheduled_deployment(project, env)
+        assert crons == ["0 3 * * 0"]
+        assert scheduled and all(t.weekday() == 6 and t.hour == 3 for t in scheduled)
+        # run it now through a process worker: the first, full retraining
+        t0 = time.perf_counter()
+        run = subprocess.run([prefect, "deployment", "run", "maskdcpt-retrain/weekly"], cwd=project, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-2000:]
+        worker = subprocess.run([prefect, "worker", "start", "--pool", "maskdcpt-process", "--run-once"],
+                                cwd=project, env=env, capture_output=True, text=True, timeout=1200)
+        first = time.perf_counter() - t0
+        assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
+    finally:
+        server.stop()
     assert json.loads((project / "reports/register/decision.json").read_text())["version"] == "1"
+    assert any((project / "dvc-storage").rglob("*")), "dvc push stored nothing"
+    assert "up to date" in _dvc(project, "status").lower()
 
     summary, noop = _retrain(project)
+    assert summary["versions"]["remote"] == "local"
     assert not any(s["ran"] for s in summary["stages"]) and not summary["source_changed"]
-    print(f"retraining flow: full run {first:.1f} s, no-op run {noop:.1f} s")
+    print(f"retraining flow: full run by the worker {first:.1f} s, no-op run {noop:.1f} s")
 
     shutil.copy(spare[0].path, src / f"new-{spare[0].image_id}{Path(spare[0].path).suffix}")
     summary, _ = _retrain(project)
     assert summary["source_changed"]
     ran = {s["stage"] for s in summary["stages"] if s["ran"]}
     assert {"prepare", "synthesize", "pretrain", "register"} <= ran
+    assert json.loads((project / "reports/register/decision.json").read_text())["version"] == "2"
 
     import mlflow
 
@@ -149,56 +201,6 @@ def test_retraining_flow_runs_skips_and_retrains_on_new_photos(tmp_path):
     parents = client.search_runs([exp.experiment_id], "tags.`maskdcpt.role` = 'pipeline'")
     assert len(parents) == 3 and all(p.info.status == "FINISHED" for p in parents)
     mlflow.set_tracking_uri(None)
-
-
-def test_cron_deployment_executed_by_process_worker(tmp_path):
-    project = make_project(tmp_path / "proj")
-    server = start_prefect(home=tmp_path / "prefect-home", log_dir=tmp_path)
-    try:
-        env = {**project_env(project), **server.env, "PREFECT_HOME": str(tmp_path / "prefect-client")}
-        proc = subprocess.run([sys.executable, "-m", "maskdcpt.cli", "pipeline", "schedule", "--cron", "0 3 * * 0",
-                               "--name", "weekly"], cwd=project, env=env, capture_output=True, text=True,
-                              timeout=300)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-        # inspected from a fresh process: Prefect fixes its settings when first imported, so an earlier test's
-        # import in this process would send a client here to its own ephemeral server instead of this one
-        code = (
-            "import asyncio, json\n"
-            "from prefect.client.orchestration import get_client\n"
-            "async def main():\n"
-            "    async with get_client() as client:\n"
-            "        deployment = await client.read_deployment_by_name('maskdcpt-retrain/weekly')\n"
-            "        crons = [s.schedule.cron for s in deployment.schedules]\n"
-            "        for _ in range(60):\n"
-            "            runs = await client.read_flow_runs()\n"
-            "            scheduled = [r.expected_start_time.isoformat() for r in runs\n"
-            "                         if r.state_type.value == 'SCHEDULED']\n"
-            "            if scheduled:\n"
-            "                break\n"
-            "            await asyncio.sleep(1)\n"
-            "        print(json.dumps({'crons': crons, 'scheduled': scheduled}))\n"
-            "asyncio.run(main())\n")
-        probe = subprocess.run([sys.executable, "-c", code], cwd=project, env=env, capture_output=True, text=True,
-                               timeout=300)
-        assert probe.returncode == 0, probe.stdout[-3000:] + probe.stderr[-3000:]
-        found = json.loads(probe.stdout.strip().splitlines()[-1])
-        crons = found["crons"]
-        scheduled = [datetime.fromisoformat(t) for t in found["scheduled"]]
-        assert crons == ["0 3 * * 0"]
-        assert scheduled and all(t.weekday() == 6 and t.hour == 3 for t in scheduled)
-        # run it now through a process worker (a full tiny retraining)
-        run = subprocess.run([str(Path(sys.executable).parent / "prefect"), "deployment", "run",
-                              "maskdcpt-retrain/weekly"], cwd=project, env=env, capture_output=True, text=True,
-                             timeout=120)
-        assert run.returncode == 0, run.stderr[-2000:]
-        worker = subprocess.run([str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool",
-                                 "maskdcpt-process", "--run-once"], cwd=project, env=env, capture_output=True,
-                                text=True, timeout=1200)
-        assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
-        assert (project / "reports/register/decision.json").is_file()
-    finally:
-        server.stop()
 
 
 def _complete_checkpoint_step(ckroot: Path) -> int:

@@ -1,10 +1,15 @@
 """Train a tiny NAFNet through the DeepSpeed engine; used by tests in a subprocess.
 
-usage: train_tiny.py OUT_DIR CKPT_DIR STEPS [--die-at STEP] [--resume MODE] [--channels-last] [--zero-stage N]
+usage: train_tiny.py OUT_DIR CKPT_DIR STEPS [--die-at STEP] [--die-in-save STEP] [--resume MODE] [--channels-last]
+                     [--zero-stage N]
 With --die-at the process hard-exits (os._exit) when it is about to draw the batch of that step, like a kill.
+With --die-in-save the process SIGKILLs itself in the middle of writing the first file of the checkpoint of that
+step: half of the file's bytes are on disk, DeepSpeed has not written ``latest`` yet.
 """
 import argparse
+import io
 import os
+import signal
 from pathlib import Path
 
 import torch
@@ -21,7 +26,24 @@ ap.add_argument("--die-at", type=int, default=-1)
 ap.add_argument("--resume", default="auto")
 ap.add_argument("--channels-last", action="store_true")
 ap.add_argument("--zero-stage", type=int, default=1)
+ap.add_argument("--die-in-save", type=int, default=-1)
 args = ap.parse_args()
+
+if args.die_in_save >= 0:
+    _save = torch.save
+
+    def _dying_save(obj, f, *a, **kw):
+        if isinstance(f, (str, os.PathLike)) and f"step{args.die_in_save}" in Path(f).parts:
+            buf = io.BytesIO()
+            _save(obj, buf, *a, **kw)
+            with open(f, "wb") as fh:
+                fh.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+        return _save(obj, f, *a, **kw)
+
+    torch.save = _dying_save
 
 torch.manual_seed(0)
 net = build_nafnet("tiny")

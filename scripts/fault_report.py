@@ -1,0 +1,47 @@
+"""Run the fault-injection suite (``tests/faults``) and print one table: fault, where, outcome, data lost, seconds.
+
+usage: python scripts/fault_report.py [--json FILE] [-k EXPR]
+
+Each scenario is a pytest test marked ``@pytest.mark.fault(fault=..., where=..., outcome=...)``; a passing test
+has checked its outcome and that nothing was lost (its assertions), so "data lost" is "none" for a pass and
+"see test" for a failure. Parametrised scenarios are one row per case.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", default=None, help="also write the rows as JSON to FILE")
+    ap.add_argument("-k", default=None, help="pytest -k expression (a subset of the scenarios)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        rows_file = Path(tmp) / "rows.jsonl"
+        env = dict(os.environ, MASKDCPT_FAULT_REPORT=str(rows_file))
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "faults")]
+        if args.k:
+            cmd += ["-k", args.k]
+        proc = subprocess.run(cmd, cwd=ROOT, env=env)
+        rows = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.is_file() else []
+    print("\n| fault | where | outcome | result | data lost | seconds |\n|---|---|---|---|---|---|")
+    for r in rows:
+        case = r["test"].split("[", 1)[1].rstrip("]") if "[" in r["test"] else ""
+        fault = r.get("fault", r["test"]) + (f" ({case})" if case else "")
+        print(f"| {fault} | {r.get('where', '')} | {r.get('outcome', '')} | {'pass' if r['passed'] else 'FAIL'} | "
+              f"{'none' if r['passed'] else 'see test'} | {r['seconds']:.1f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return proc.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
