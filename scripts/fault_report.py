@@ -4,7 +4,8 @@ usage: python scripts/fault_report.py [--json FILE] [-k EXPR]
 
 Each scenario is a pytest test marked ``@pytest.mark.fault(fault=..., where=..., outcome=...)``; a passing test
 has checked its outcome and that nothing was lost (its assertions), so "data lost" is "none" for a pass and
-"see test" for a failure. Parametrised scenarios are one row per case.
+"see test" for a failure. Parametrised scenarios are one row per case; "measured" is what the test recorded (``record_property``) and
+"seconds" includes the scenario's fixtures (a module-scoped one counts on its first test).
 """
 from __future__ import annotations
 
@@ -32,12 +33,12 @@ def main() -> int:
             cmd += ["-k", args.k]
         proc = subprocess.run(cmd, cwd=ROOT, env=env)
         rows = [json.loads(line) for line in rows_file.read_text().splitlines()] if rows_file.is_file() else []
-    print("\n| fault | where | outcome | result | data lost | seconds |\n|---|---|---|---|---|---|")
+    print("\n| fault | where | outcome | result | data lost | measured | seconds |\n|---|---|---|---|---|---|---|")
     for r in rows:
         case = r["test"].split("[", 1)[1].rstrip("]") if "[" in r["test"] else ""
         fault = r.get("fault", r["test"]) + (f" ({case})" if case else "")
         print(f"| {fault} | {r.get('where', '')} | {r.get('outcome', '')} | {'pass' if r['passed'] else 'FAIL'} | "
-              f"{'none' if r['passed'] else 'see test'} | {r['seconds']:.1f} |")
+              f"{'none' if r['passed'] else 'see test'} | {r.get('measured', '')} | {r['seconds']:.1f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return proc.returncode

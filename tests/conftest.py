@@ -150,9 +150,12 @@ def use_store(path: Path, experiment: str | None = None) -> str:
     return uri
 
 
+_SETUP_SECONDS = pytest.StashKey[float]()
+
+
 # The fault-injection suite (tests/faults): every scenario declares its fault with
 # ``@pytest.mark.fault(fault=..., where=..., outcome=...)``; with ``MASKDCPT_FAULT_REPORT=<file>`` each one's row
-# (fault, where, declared outcome, result, seconds) is appended to that JSON-lines file (scripts/fault_report.py).
+# (fault, where, declared outcome, result, seconds, what it measured) is appended to that JSON-lines file (scripts/fault_report.py).
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     import json
@@ -161,8 +164,12 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     path = os.environ.get("MASKDCPT_FAULT_REPORT")
     mark = item.get_closest_marker("fault")
+    if report.when == "setup":  # a scenario's seconds include its fixtures' (a module fixture: its first test)
+        item.stash[_SETUP_SECONDS] = report.duration
     if not path or mark is None or report.when != "call" and not (report.when == "setup" and report.failed):
         return
-    row = {"test": item.nodeid, **mark.kwargs, "passed": report.passed, "seconds": round(report.duration, 1)}
+    seconds = report.duration + (item.stash.get(_SETUP_SECONDS, 0.0) if report.when == "call" else 0.0)
+    row = {"test": item.nodeid, **mark.kwargs, "passed": report.passed, "seconds": round(seconds, 1),
+           "measured": "; ".join(str(v) for k, v in report.user_properties if k == "measured")}
     with open(path, "a") as fh:
         fh.write(json.dumps(row) + "\n")

@@ -62,7 +62,7 @@ def s3_run(moto, tmp_path_factory):
 
 @pytest.mark.fault(fault="two dvc repro at once", where="dvc repro (repository lock)",
                    outcome="clear failure of the second; the first completes, outputs intact")
-def test_second_dvc_repro_fails_on_the_lock_and_the_first_completes(s3_run):
+def test_second_dvc_repro_fails_on_the_lock_and_the_first_completes(s3_run, record_property):
     second = s3_run["second"]
     assert s3_run["first_running"], "the first repro ended before the second did: the test proves nothing"
     assert second.returncode != 0
@@ -72,12 +72,12 @@ def test_second_dvc_repro_fails_on_the_lock_and_the_first_completes(s3_run):
     project = s3_run["project"]
     assert (project / "reports/register/decision.json").is_file()
     assert (project / "models/finetune/maskdcpt/sha256.json").is_file()
-    print(f"second dvc repro refused after {s3_run['refused_after']:.1f} s")
+    record_property("measured", f"second repro refused after {s3_run['refused_after']:.1f} s")
 
 
 @pytest.mark.fault(fault="credentials in outputs", where="S3 photo source (prepare) through the whole pipeline",
                    outcome="recovered: the secret appears in no log, param, tag, artifact, report or database")
-def test_no_trace_of_the_s3_credentials_anywhere(s3_run, moto):
+def test_no_trace_of_the_s3_credentials_anywhere(s3_run, moto, record_property):
     assert s3_run["rc"] == 0, s3_run["log"].read_text()[-4000:]
     project = s3_run["project"]
     assert (project / "data/prepared/manifest.parquet").is_file()
@@ -92,4 +92,5 @@ def test_no_trace_of_the_s3_credentials_anywhere(s3_run, moto):
             if needle.encode() in data:
                 hits.append((str(p.relative_to(project)) if p.is_relative_to(project) else str(p), needle))
     assert not hits, hits
-    print(f"credentials scan: {len(files)} files, {sum(p.stat().st_size for p in files) / 2**20:.1f} MiB, 0 hits")
+    record_property("measured", f"{len(files)} files, {sum(p.stat().st_size for p in files) / 2**20:.1f} MiB "
+                                "scanned, 0 hits")

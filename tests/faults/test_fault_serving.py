@@ -57,7 +57,7 @@ def _image(h, w, n=1, seed=0):
                    outcome="clear failure: HTTP 4xx with a message, server stays up")
 @pytest.mark.parametrize("case", ["malformed-json", "not-an-image", "wrong-rank", "wrong-channels", "strings",
                                   "oversized", "wrong-content-type", "empty"])
-def test_bad_requests_get_4xx_with_a_message_and_the_server_stays_up(server, case):
+def test_bad_requests_get_4xx_with_a_message_and_the_server_stays_up(server, case, record_property):
     img = _image(16, 16).tolist()
     body, ctype = {
         "malformed-json": ('{"inputs": [[[0.1, 0.2', "application/json"),
@@ -71,6 +71,7 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_stays_up(server, cas
     }[case]
     r = _post(server, body, ctype)
     assert 400 <= r.status_code < 500, (r.status_code, r.text[:500])
+    record_property("measured", f"HTTP {r.status_code}")
     assert r.text.strip(), "a bad request deserves a message"
     if case == "oversized":
         assert "max_pixels" in r.text
@@ -81,7 +82,7 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_stays_up(server, cas
 
 @pytest.mark.fault(fault="32 concurrent requests", where="mlflow models serve (champion)",
                    outcome="recovered: all answered, server stays up")
-def test_32_concurrent_requests_all_answered(server):
+def test_32_concurrent_requests_all_answered(server, record_property):
     proc = psutil.Process(server.pid)
     peak = {"rss": 0}
     stop = threading.Event()
@@ -110,6 +111,6 @@ def test_32_concurrent_requests_all_answered(server):
     assert all(code == 200 and shape == (1, 32, 32, 3) for code, shape, _ in results), results
     lat = sorted(t for _, _, t in results)
     p50, p99 = statistics.median(lat), lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))]
-    print(f"serving: 32 concurrent 32x32 requests, p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
-          f"server peak RSS {peak['rss'] / 2**20:.0f} MiB")
+    record_property("measured", f"32x32 px: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, server peak RSS "
+                                f"{peak['rss'] / 2**20:.0f} MiB")
     assert httpx.get(f"{server.url}/ping", timeout=10).status_code == 200
