@@ -86,6 +86,19 @@ def run_stage(project: Path, stage: str, *extra: str, prefect: bool = False, che
     return proc
 
 
+TRAIN_TINY = Path(__file__).parent / "scripts" / "train_tiny.py"
+
+
+def train_tiny(*args, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``tests/scripts/train_tiny.py`` with ``args`` in a subprocess (600 s limit); with ``check`` a non-zero
+    exit is an ``AssertionError`` showing the output's tail."""
+    proc = subprocess.run([sys.executable, str(TRAIN_TINY), *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 

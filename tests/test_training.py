@@ -1,32 +1,19 @@
 """DeepSpeed engine: training through deepspeed.initialize on CPU, checkpoints, kill-and-resume equivalence."""
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).parent / "scripts" / "train_tiny.py"
-
-
-def _run(*args, check=True):
-    proc = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
+from conftest import train_tiny
 
 @pytest.mark.parametrize("layout", [("--zero-stage", 0, "--channels-last"), ("--zero-stage", 1)],
                          ids=["zero0-nhwc", "zero1-nchw"])
 def test_kill_and_resume_matches_uninterrupted(tmp_path, layout):
     """ZeRO-0 + NHWC is the params.yaml default (NHWC weights, fused AdamW state); ZeRO-1 keeps flat buffers."""
     full, part = tmp_path / "full", tmp_path / "part"
-    _run(full, full / "ckpt", 6, *layout)
-    killed = _run(part, part / "ckpt", 6, "--die-at", 5, *layout, check=False)
+    train_tiny(full, full / "ckpt", 6, *layout)
+    killed = train_tiny(part, part / "ckpt", 6, "--die-at", 5, *layout, check=False)
     assert killed.returncode == 17
     assert (part / "ckpt" / "latest").read_text().strip() == "step4"
-    _run(part, part / "ckpt", 6, *layout)
+    train_tiny(part, part / "ckpt", 6, *layout)
     a = torch.load(full / "final.pt", weights_only=False)
     b = torch.load(part / "final.pt", weights_only=False)
     assert b["resumed_from"] == 4 and a["resumed_from"] == 0
@@ -37,7 +24,7 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, layout):
 
 
 def test_resume_must_fails_loudly_without_checkpoint(tmp_path):
-    proc = _run(tmp_path, tmp_path / "empty", 2, "--resume", "must", check=False)
+    proc = train_tiny(tmp_path, tmp_path / "empty", 2, "--resume", "must", check=False)
     assert proc.returncode != 0
     assert "no checkpoint" in proc.stderr
 
@@ -45,8 +32,8 @@ def test_resume_must_fails_loudly_without_checkpoint(tmp_path):
 def test_channels_last_batches_train_the_same_weights(tmp_path):
     """deepspeed.channels_last only changes the batches' memory layout: same weights up to conv rounding."""
     nchw, nhwc = tmp_path / "nchw", tmp_path / "nhwc"
-    _run(nchw, nchw / "ckpt", 4, "--zero-stage", 0)
-    _run(nhwc, nhwc / "ckpt", 4, "--zero-stage", 0, "--channels-last")
+    train_tiny(nchw, nchw / "ckpt", 4, "--zero-stage", 0)
+    train_tiny(nhwc, nhwc / "ckpt", 4, "--zero-stage", 0, "--channels-last")
     a = torch.load(nchw / "final.pt", weights_only=False)
     b = torch.load(nhwc / "final.pt", weights_only=False)
     assert not any(a["channels_last"]) and all(b["channels_last"]) and len(b["channels_last"]) == 4

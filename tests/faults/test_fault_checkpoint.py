@@ -1,23 +1,10 @@
 """Fault: the training process is SIGKILLed in the middle of writing a checkpoint (half the file on disk)."""
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from conftest import train_tiny
+
 pytestmark = pytest.mark.slow
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_tiny.py"
-
-
-def _run(*args, check=True):
-    proc = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
 
 @pytest.mark.fault(fault="SIGKILL while a checkpoint file is half written", where="training engine (DeepSpeed save)",
                    outcome="recovered: resumed from the last complete checkpoint, same weights as uninterrupted")
@@ -27,8 +14,8 @@ def test_kill_during_checkpoint_write_resumes_from_the_last_complete_one(tmp_pat
     and ends with the uninterrupted run's weights."""
     layout = ("--zero-stage", 0, "--channels-last")
     full, part = tmp_path / "full", tmp_path / "part"
-    _run(full, full / "ckpt", 6, *layout)
-    killed = _run(part, part / "ckpt", 6, *layout, "--die-in-save", 4, check=False)
+    train_tiny(full, full / "ckpt", 6, *layout)
+    killed = train_tiny(part, part / "ckpt", 6, *layout, "--die-in-save", 4, check=False)
     assert killed.returncode == -9, killed.stderr[-2000:]
     ckpt = part / "ckpt"
     assert (ckpt / "latest").read_text().strip() == "step2"
@@ -36,7 +23,7 @@ def test_kill_during_checkpoint_write_resumes_from_the_last_complete_one(tmp_pat
     assert partial, "the kill should leave a partial step4 checkpoint behind"
     with pytest.raises(Exception):
         torch.load(partial[0], weights_only=False)   # really a truncated file
-    _run(part, ckpt, 6, *layout)
+    train_tiny(part, ckpt, 6, *layout)
     a = torch.load(full / "final.pt", weights_only=False)
     b = torch.load(part / "final.pt", weights_only=False)
     assert b["resumed_from"] == 2
