@@ -137,7 +137,7 @@ class DemoBackend:
 
     Attributes:
         net: the restoration network (from :func:`maskdcpt.inference.load_model`), possibly wrapped by
-            :func:`maskdcpt.restore.prepare_for_inference`.
+            :func:`maskdcpt.fastpaths.prepare_for_inference`.
         card: the model card (:func:`model_card`).
         classifier: ``(MaskDCPTModel, class names)`` or None (no diagnosis panel).
         tile, overlap: images with more than ``tile * tile`` pixels (or a side > ``tile * 2``) are restored

@@ -193,4 +193,5 @@ def _recorded_weights(uri: str) -> tuple[dict[str, str] | None, str]:
 
 from maskdcpt.classify import classify_image, load_classifier  # noqa: E402
 from maskdcpt.native_io import NativeImage, expand_inputs, read_image_native, write_image_native  # noqa: E402
-from maskdcpt.restore import pad_to_multiple, prepare_for_inference, restore_image, restore_tensor, tile_spans  # noqa: E402,E501
+from maskdcpt.fastpaths import prepare_for_inference  # noqa: E402
+from maskdcpt.restore import pad_to_multiple, restore_image, restore_tensor, tile_spans  # noqa: E402

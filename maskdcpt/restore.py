@@ -17,8 +17,6 @@ replicated; wherever the official single reflection is defined both give the sam
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -26,8 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["resolve_device", "network_multiple", "pad_to_multiple", "tile_spans", "restore_tensor", "FAST_MODES",
-           "InferenceNet", "OnnxNet", "prepare_for_inference", "restore_image"]
+
+__all__ = ["resolve_device", "network_multiple", "pad_to_multiple", "tile_spans", "restore_tensor", "restore_image"]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -262,158 +260,3 @@ def restore_image(net: nn.Module, img: np.ndarray, tile: int | None = None, over
             acc[ys - acc_y0: ye - acc_y0, xs:xe] += y * ny * nx
     write(acc_y0, h, acc[: h - acc_y0])
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# inference fast paths (the plain eager network above stays the reference and the fallback)
-
-FAST_MODES = ("eager", "nhwc", "compile", "onnx")
-
-
-class InferenceNet(nn.Module):
-    """A restorer prepared for inference: a private copy of ``net`` in eval mode, weights and activations in
-    NHWC (``channels_last``) layout, optionally fused by ``torch.compile`` (inductor).
-
-    The function is the network's own (the same weights and operators, only the memory layout and the kernel
-    fusion differ); outputs match the eager NCHW network within 1e-4 (tested, and checked by
-    ``scripts/bench_restore.py``). ``forward`` takes and returns ``(N, C, H, W)`` tensors; H, W multiples of
-    :attr:`pad_multiple` as for the wrapped network. ``torch.compile`` specialises on each input shape (one
-    compilation per tile shape, cached for the process).
-
-    Args:
-        net: a restoration network (``[N, 3, H, W]`` -> same).
-        mode: ``"nhwc"`` (layout only) or ``"compile"`` (layout + ``torch.compile``).
-
-    Raises:
-        ValueError: an unknown ``mode``.
-    """
-
-    def __init__(self, net: nn.Module, mode: str = "nhwc") -> None:
-        super().__init__()
-        if mode not in ("nhwc", "compile"):
-            raise ValueError(f"mode must be 'nhwc' or 'compile', got {mode!r}")
-        import copy
-
-        self.inner = copy.deepcopy(net).eval().to(memory_format=torch.channels_last)
-        for p in self.inner.parameters():
-            p.requires_grad_(False)
-        self.mode = mode
-        self.pad_multiple = network_multiple(net)
-        self.maskdcpt_info = {**dict(getattr(net, "maskdcpt_info", {}) or {}), "fast_path": mode}
-        self._fn = torch.compile(self.inner, dynamic=False) if mode == "compile" else self.inner
-        self._compiled_ok = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        x = x.contiguous(memory_format=torch.channels_last)
-        if self.mode != "compile" or self._compiled_ok:
-            return self._fn(x).contiguous()
-        try:  # inductor reports a missing toolchain or an unsupported op only on the first call
-            y = self._fn(x)
-        except Exception as e:  # noqa: BLE001 - inductor raises many types
-            import warnings
-
-            warnings.warn(f"torch.compile is unusable here ({type(e).__name__}: {str(e)[:200]}); using the NHWC "
-                          "eager path", RuntimeWarning, stacklevel=2)
-            self.mode, self._fn = "nhwc", self.inner
-            self.maskdcpt_info["fast_path"] = "nhwc"
-            y = self._fn(x)
-        self._compiled_ok = True
-        return y.contiguous()
-
-
-def prepare_for_inference(net: nn.Module, mode: str = "nhwc") -> nn.Module:
-    """``net`` itself for ``mode="eager"`` (the reference path), else an :class:`InferenceNet` copy.
-
-    With ``"compile"`` the first call of each input shape compiles (tens of seconds to minutes on a small
-    CPU; inductor's on-disk cache makes later processes faster); if ``torch.compile`` cannot run here it falls
-    back to ``"nhwc"`` with a ``RuntimeWarning``. ``"onnx"`` (CPU only) exports once to ONNX Runtime
-    (:class:`OnnxNet`) and falls back to ``"nhwc"`` with a ``RuntimeWarning`` when onnxruntime is missing or the
-    export fails.
-
-    Raises:
-        ValueError: a mode not in :data:`FAST_MODES`.
-    """
-    if mode not in FAST_MODES:
-        raise ValueError(f"unknown inference mode {mode!r}; choose one of {FAST_MODES}")
-    if mode == "onnx":
-        p = next(net.parameters(), None)
-        if p is not None and p.device.type != "cpu":
-            raise ValueError("inference mode 'onnx' runs on the CPU; use 'nhwc' or 'compile' on a GPU")
-        try:
-            return OnnxNet(net)
-        except Exception as e:  # noqa: BLE001 - ImportError, or an exporter failure on an unusual network
-            import warnings
-
-            warnings.warn(f"ONNX Runtime path unavailable ({type(e).__name__}: {str(e)[:200]}); using the NHWC "
-                          "eager path", RuntimeWarning, stacklevel=2)
-            return InferenceNet(net, "nhwc")
-    return net if mode == "eager" else InferenceNet(net, mode)
-
-
-class OnnxNet(nn.Module):
-    """The network exported to ONNX and run by ONNX Runtime's CPU provider (graph optimisations on).
-
-    The export (``torch.onnx.export``, dynamo exporter) has dynamic H and W in multiples of
-    :attr:`pad_multiple`, so one graph serves every tile and image size; it is cached under ``cache_dir``
-    (default ``$XDG_CACHE_HOME/maskdcpt/onnx`` or ``~/.cache/maskdcpt/onnx``) keyed by the sha256 of the
-    weights, the network class and the torch/onnxruntime versions. ``forward`` takes and returns float32
-    ``(N, C, H, W)`` CPU tensors; outputs match the eager network within 1e-4 (tested).
-
-    Raises:
-        ImportError: onnxruntime (or the exporter's onnx/onnxscript) is not installed.
-    """
-
-    def __init__(self, net: nn.Module, cache_dir: str | os.PathLike | None = None, threads: int | None = None) -> None:
-        super().__init__()
-        import onnxruntime as ort
-
-        self.pad_multiple = network_multiple(net)
-        self.maskdcpt_info = {**dict(getattr(net, "maskdcpt_info", {}) or {}), "fast_path": "onnx"}
-        self.path = _onnx_export(net, self.pad_multiple, cache_dir)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = int(threads or torch.get_num_threads())
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
-        self._input = self.session.get_inputs()[0].name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        a = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, {self._input: a})[0])
-
-
-def _onnx_export(net: nn.Module, multiple: int, cache_dir: str | os.PathLike | None) -> Path:
-    import hashlib
-
-    import onnxruntime as ort
-
-    base = Path(cache_dir) if cache_dir else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") \
-        / "maskdcpt" / "onnx"
-    h = hashlib.sha256(f"{type(net).__module__}.{type(net).__qualname__}|{torch.__version__}|{ort.__version__}|"
-                       f"{multiple}".encode())
-    for k, v in net.state_dict().items():
-        h.update(k.encode())
-        h.update(str(tuple(v.shape)).encode())
-        h.update(v.detach().to("cpu").contiguous().numpy().tobytes())
-    path = base / f"{h.hexdigest()[:32]}.onnx"
-    if path.is_file():
-        return path
-    import copy
-    import tempfile
-
-    base.mkdir(parents=True, exist_ok=True)
-    cpu = copy.deepcopy(net).to("cpu", torch.float32).eval()
-    c = int(getattr(net, "img_channel", 3))
-    dh, dw = torch.export.Dim("h", min=1, max=1024), torch.export.Dim("w", min=1, max=1024)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".onnx", dir=base)
-    os.close(fd)
-    try:
-        with torch.no_grad():
-            torch.onnx.export(cpu, (torch.rand(1, c, 4 * multiple, 4 * multiple),), tmp, dynamo=True,
-                              external_data=False, input_names=["inp"], output_names=["out"],
-                              dynamic_shapes={"inp": {2: multiple * dh, 3: multiple * dw}}, verbose=False)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path

@@ -2,11 +2,12 @@
 
 ``speed`` (default): :func:`maskdcpt.restore.restore_image` on a random uint8-valued float RGB image of
 ``--size`` squared, whole and in ``--tile`` tiles, for each NAFNet preset (``cpu-default``, the pipeline's
-default model, and ``paper-5d``) and each execution path of :func:`maskdcpt.restore.prepare_for_inference`:
+default model, and ``paper-5d``) and each execution path of :func:`maskdcpt.fastpaths.prepare_for_inference`:
 
 * ``eager``: the plain NCHW network, the reference and the fallback;
 * ``nhwc``: a channels-last copy (weights and activations NHWC);
 * ``onnx``: the network exported to ONNX (dynamic H/W) and run by ONNX Runtime's CPU provider;
+* ``openvino``: the same ONNX graph compiled by OpenVINO's CPU plugin (fp32 pinned, one compile per shape);
 * ``compile``: ``torch.compile`` (inductor) of the NHWC copy (``--modes`` opt-in: it compiles per tile shape).
 
 Each cell is the median of ``--repeats`` timed runs after one warm-up run (which also pays the one-off export
@@ -71,7 +72,8 @@ def speed(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from maskdcpt.restore import prepare_for_inference, restore_image
+    from maskdcpt.fastpaths import prepare_for_inference
+    from maskdcpt.restore import restore_image
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -187,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None)
     if command == "speed":
         p.add_argument("--presets", nargs="+", default=["cpu-default", "paper-5d"])
-        p.add_argument("--modes", nargs="+", default=["eager", "nhwc", "onnx"],
-                       choices=["eager", "nhwc", "onnx", "compile"])
+        p.add_argument("--modes", nargs="+", default=["eager", "nhwc", "onnx", "openvino"],
+                       choices=["eager", "nhwc", "onnx", "openvino", "compile"])
         p.add_argument("--size", type=int, default=1024)
         p.add_argument("--repeats", type=int, default=3)
         p.add_argument("--tol", type=float, default=1e-4)

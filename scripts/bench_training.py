@@ -1,6 +1,6 @@
 """CPU training throughput of MaskDCPT pre-training and fine-tuning, with FLOPs and GEMM peaks measured in the run.
 
-usage: python scripts/bench_training.py [--configs cpu paper] [--variants fp32-nchw fp32-nhwc bf16-nhwc]
+usage: python scripts/bench_training.py [--configs cpu paper paper-restormer paper-promptir paper-swinir] [--variants fp32-nchw fp32-nhwc bf16-nhwc]
                                         [--steps-cpu 5] [--steps-paper 3] [--zero-stage N] [--json OUT.json]
                                         [--allow-emulated-bf16]
 
@@ -34,7 +34,9 @@ with a line saying so (``--allow-emulated-bf16`` runs them anyway), and GEMM pea
 precisions of the variants that run.
 Configurations: ``cpu`` = NAFNet ``cpu-default``, 96x96 crops, batch 8 (the params.yaml defaults); ``paper`` =
 NAFNet ``paper-5d`` (67.9 M parameters), 256x256 crops, batch 1 (the paper trains batch 16 on 4 GPUs; larger
-CPU batches measured no faster per image). The numbers depend on the machine and on its load.
+CPU batches measured no faster per image); ``paper-restormer``, ``paper-promptir``, ``paper-swinir`` = the other
+three backbones in their paper configuration at the same 256x256, batch 1 (``--steps-paper``, ``--warmup-paper``).
+The numbers depend on the machine and on its load.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ sys.path.insert(0, str(ROOT))
 CONFIGS = {
     "cpu": {"arch": "nafnet", "preset": "cpu-default", "crop": 96, "batch": 8},
     "paper": {"arch": "nafnet", "preset": "paper-5d", "crop": 256, "batch": 1},
+    "paper-restormer": {"arch": "restormer", "preset": "paper", "crop": 256, "batch": 1},
+    "paper-promptir": {"arch": "promptir", "preset": "paper", "crop": 256, "batch": 1},
+    "paper-swinir": {"arch": "swinir", "preset": "paper", "crop": 256, "batch": 1},
 }
 VARIANTS = ("fp32-nchw", "fp32-nhwc", "bf16-nhwc")
 NUM_CLASSES = 5
@@ -286,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         row["gemm_peak_flops_per_second"] = max(peaks[f"{tag}_matmul"], peaks[f"{tag}_onednn"])
         row["fraction_of_gemm_peak"] = row["achieved_flops_per_second"] / row["gemm_peak_flops_per_second"]
         row["fraction_of_fp32_matmul_peak"] = row["achieved_flops_per_second"] / peaks["fp32_matmul"]
-        print(f"{row['config']:<6}{row['phase']:<9}{row['variant']:<10} {row['preset']:<12}{row['crop']:>4}^2 "
+        print(f"{row['config']:<16}{row['phase']:<9}{row['variant']:<10} {row['preset']:<12}{row['crop']:>4}^2 "
               f"batch {row['batch']:<2} ZeRO-{row['zero_stage']} {row['images_per_second']:>8.3g} img/s  "
               f"step {row['step_seconds']:6.2f} s {row['flops_per_step'] / 1e9:7.1f} GFLOP/step "
               f"{row['achieved_flops_per_second'] / 1e9:6.1f} GFLOP/s = {100 * row['fraction_of_gemm_peak']:5.1f} % "

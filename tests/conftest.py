@@ -99,6 +99,20 @@ def train_tiny(*args, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
+def assert_resumed_like_uninterrupted(full: Path, part: Path, resumed_from: int) -> float:
+    """``part/final.pt`` (a resumed ``train_tiny`` run) started at ``resumed_from`` and ended with the weights and
+    EMA of ``full/final.pt`` (uninterrupted) within 1e-6; returns the largest weight difference."""
+    import torch
+
+    a = torch.load(full / "final.pt", weights_only=False)
+    b = torch.load(part / "final.pt", weights_only=False)
+    assert b["resumed_from"] == resumed_from and a["resumed_from"] == 0
+    for key in a["params"]:
+        torch.testing.assert_close(a["params"][key], b["params"][key], atol=1e-6, rtol=0)
+        torch.testing.assert_close(a["params_ema"][key], b["params_ema"][key], atol=1e-6, rtol=0)
+    return max((a["params"][k] - b["params"][k]).abs().max().item() for k in a["params"])
+
+
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 

@@ -183,3 +183,70 @@ def test_classify_text_and_json(tmp_path, capsys):
     line = [ln for ln in captured.out.splitlines() if ln.startswith(str(imgs / "rain.png"))][0]
     assert "%" in line and "2 masks x 1 crop" in line
     assert "averaged over 2 random masks" in captured.out
+
+
+@pytest.mark.parametrize("arch", ["restormer", "promptir", "swinir"])
+def test_every_backbone_restores_classifies_and_summarises_from_the_cli(arch, tmp_path, capsys):
+    """A released-layout file (``{'params', 'params_ema'}``, no meta) of each backbone: recognised from its key
+    names, restored through the CLI exactly as ``restore_image`` restores with that network; the MaskDCPT
+    pre-training file classifies; ``model-summary`` gives the exact paper-configuration count."""
+    from backbone_props import randomize_
+    from maskdcpt.models import build_backbone
+    from maskdcpt.models.summary import model_summary
+    from maskdcpt.restore import restore_image
+
+    torch.manual_seed(0)
+    net = build_backbone(arch, "tiny").eval()
+    randomize_(net)
+    sd = net.state_dict()
+    path = tmp_path / f"{arch}.pth"
+    torch.save({"params": sd, "params_ema": sd}, path)
+    photo = skdata.chelsea()[:37, :50]  # not a multiple of any backbone's padding multiple
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    assert main(["restore", str(tmp_path / "photo.png"), "-o", str(tmp_path / "out"), "--model", str(path),
+                 "--device", "cpu"]) == 0, capsys.readouterr().err
+    got = read_image_native(tmp_path / "out" / "photo.png").pixels
+    want = restore_image(net, photo)
+    assert got.shape == photo.shape and np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    wrong = "nafnet"
+    assert main(["restore", str(tmp_path / "photo.png"), "-o", str(tmp_path / "out2"), "--model", str(path),
+                 "--arch", wrong, "--device", "cpu"]) != 0  # --arch forces one: these weights are not NAFNet's
+    capsys.readouterr()
+
+    from maskdcpt.degradations import task_classes
+
+    classes = list(task_classes("5d"))
+    model = MaskDCPTModel(build_backbone(arch, "tiny"), num_classes=len(classes), recon_blocks=1)
+    pre = tmp_path / "pretrain"
+    pre.mkdir()
+    torch.save({"params": model.state_dict(), "meta": {"arch": arch, "preset": "tiny"}}, pre / "model.pt")
+    (pre / "classes.json").write_text(json.dumps(classes))
+    photo48 = skdata.astronaut()[:48, 100:148]
+    Image.fromarray(photo48).save(tmp_path / "sq.png")
+    code = main(["classify", str(tmp_path / "sq.png"), "--model", str(pre / "model.pt"), "--json", "--masks", "2",
+                 "--device", "cpu"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0 and math.isclose(sum(doc["results"][0]["probabilities"].values()), 1.0, abs_tol=1e-5)
+
+    # maskdcpt benchmark on a public-test-set layout (CBSD68 sigma 25), the same file recognised again
+    import pandas as pd
+
+    from maskdcpt import metrics
+    from maskdcpt.data.testsets import load_benchmark
+    from maskdcpt.eval.benchmark import restore_array
+    from test_benchmarks import make_5d_root
+
+    root = tmp_path / "bench"
+    make_5d_root(root, gopro=False)
+    assert main(["benchmark", "--root", str(root), "--model", str(path), "--out", str(tmp_path / "bench_out"),
+                 "--device", "cpu", "--only", "cbsd68"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    per = pd.read_csv(tmp_path / "bench_out" / "per_image.csv")
+    pair = next(iter(load_benchmark("cbsd68", root / "CBSD68")))
+    row = per[(per.dataset == "cbsd68") & (per.id == pair.id)].iloc[0]
+    assert row.psnr == pytest.approx(metrics.psnr(restore_array(net, pair.lq), pair.gt), abs=1e-6)
+
+    want_params = {"restormer": 26_126_644, "promptir": 35_592_263, "swinir": 11_455_563}[arch]
+    assert main(["model-summary", "--arch", arch, "--preset", "paper-5d", "--json", "--size", "64", "64"]) == 0
+    assert json.loads(capsys.readouterr().out)["parameters"] == want_params
+    assert model_summary(arch, "paper-5d", size=(64, 64))["parameters"] == want_params

@@ -30,7 +30,8 @@ from maskdcpt import metrics
 from maskdcpt.demo import DemoBackend, card_markdown, model_card, severity_params
 from maskdcpt.models import MaskDCPTModel, NAFNet, build_nafnet
 from maskdcpt.native_io import read_image_native, write_image_native
-from maskdcpt.restore import prepare_for_inference, restore_image
+from maskdcpt.fastpaths import prepare_for_inference
+from maskdcpt.restore import restore_image
 
 
 def _randomised(net, scale=0.2, seed=0):
@@ -250,7 +251,7 @@ def test_evaluate_and_restore_share_one_padding_rule(shape):
     assert a.shape == b.shape == img.shape and np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("mode", ["nhwc", "onnx"])
+@pytest.mark.parametrize("mode", ["nhwc", "onnx", "openvino"])
 def test_fast_paths_match_eager(mode, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     net = _randomised(NAFNet(width=8, enc_blk_nums=[1, 1], middle_blk_num=1, dec_blk_nums=[1, 1]))
@@ -266,6 +267,22 @@ def test_fast_paths_match_eager(mode, tmp_path, monkeypatch):
     assert prepare_for_inference(net, "eager") is net
     with pytest.raises(ValueError):
         prepare_for_inference(net, "fastest")
+
+
+@pytest.mark.parametrize("arch", ["restormer", "promptir", "swinir"])
+def test_nhwc_path_matches_eager_for_every_backbone(arch):
+    """The NHWC copy converts only 4-D tensors (PromptIR's 5-D prompts made module.to(channels_last) raise)."""
+    from backbone_props import randomize_
+    from maskdcpt.models import build_backbone
+
+    torch.manual_seed(0)
+    net = build_backbone(arch, "tiny").eval()
+    randomize_(net)
+    fast = prepare_for_inference(net, "nhwc")
+    assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+               for p in fast.parameters())
+    img = np.random.default_rng(3).random((29, 40, 3), dtype=np.float32)
+    assert float(np.abs(restore_image(fast, img) - restore_image(net, img)).max()) <= 1e-4
 
 
 @pytest.mark.slow

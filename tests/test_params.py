@@ -2,6 +2,7 @@
 composing presets, and the schema as the one place defaults live."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -117,3 +118,46 @@ def test_stage_with_a_misspelt_param_stops_before_running(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "unknown parameter 'pretrain.stepz' (did you mean 'pretrain.steps'?)" in proc.stderr
     assert not (project / "mlflow.db").exists() and not (project / "data" / "prepared").exists()
+
+
+def test_trainers_read_the_schema_not_their_own_defaults(tmp_path):
+    """A script calling the trainers with a partial mapping gets the schema's (= params.yaml's) defaults, and a
+    misspelt or mistyped key fails before any training, naming the key."""
+    import pandas as pd
+    import pydantic
+    import torch
+
+    from maskdcpt.data.pairs import PairSet
+    from maskdcpt.train.engine import deepspeed_config
+    from maskdcpt.train.finetune import run_finetune
+    from maskdcpt.train.pretrain import build_pretrain_model
+
+    defaults = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    # finetune.head_init (zeros) and model.recon_blocks (1) once had other defaults in the trainers' code
+    assert defaults["finetune"]["head_init"] == "zeros" and defaults["model"]["recon_blocks"] == 1
+    pairs = PairSet(lq=torch.rand(4, 3, 32, 32), gt=torch.rand(4, 3, 32, 32), labels=torch.zeros(4, dtype=torch.long),
+                    rows=pd.DataFrame({"i": range(4)}))
+    # in a child process: the engine initialises torch.distributed (a listening port) for the whole process
+    script = ("import json, sys, torch, pandas as pd; from pathlib import Path\n"
+              "from maskdcpt.data.pairs import PairSet; from maskdcpt.train.finetune import run_finetune\n"
+              "from maskdcpt.train.engine import shutdown_distributed\n"
+              "pairs = PairSet(lq=torch.rand(4, 3, 32, 32), gt=torch.rand(4, 3, 32, 32), "
+              "labels=torch.zeros(4, dtype=torch.long), rows=pd.DataFrame({'i': range(4)}))\n"
+              "s = run_finetune(pairs, model_cfg={'preset': 'tiny'}, cfg={'steps': 1, 'batch_size': 2}, "
+              "ds_params={}, seed=0, out_dir=Path(sys.argv[1]), progress=False)\n"
+              "shutdown_distributed(); print(json.dumps(s['init_report']))\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "ft")], capture_output=True, text=True,
+                          timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["head_zeroed"] == "ending"  # head_init: zeros, from the schema
+    model = build_pretrain_model({"preset": "tiny"}, num_classes=3)
+    assert len(model.recon_head.blocks.blocks) == defaults["model"]["recon_blocks"]
+    with pytest.raises(pydantic.ValidationError, match="stepz"):
+        run_finetune(pairs, model_cfg={"preset": "tiny"}, cfg={"stepz": 1}, ds_params={}, seed=0,
+                     out_dir=tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()
+    assert deepspeed_config({}, 2, 0.0)["zero_optimization"]["stage"] == defaults["deepspeed"]["zero_stage"]
+    for bad in ({"bf16": "false"}, {"zero_stage": 4}, {"channels_lst": True}):
+        with pytest.raises(pydantic.ValidationError):
+            deepspeed_config(bad, 2, 0.0)

@@ -275,8 +275,10 @@ def test_pretrain_builder_and_load_restorer_follow_meta_arch(tmp_path):
 
     model = build_pretrain_model({"arch": "restormer", "preset": "tiny", "recon_blocks": 1}, num_classes=5)
     assert isinstance(model.backbone, Restormer)
-    with pytest.raises(ValueError, match="unknown arch"):
-        build_pretrain_model({"arch": "unet", "preset": "tiny"}, num_classes=5)
+    with pytest.raises(ValueError, match=r"(?s)ModelParams\narch.*'nafnet', 'restormer', 'promptir' or 'swinir'"):
+        build_pretrain_model({"arch": "unet", "preset": "tiny"}, num_classes=5)  # the schema names the valid ones
+    with pytest.raises(ValueError, match=r"(?s)recon_blockz.*Extra inputs are not permitted"):
+        build_pretrain_model({"arch": "restormer", "preset": "tiny", "recon_blockz": 1}, num_classes=5)
     sd = model.backbone_state_dict()
     atomic_torch_save({"params": sd, "params_ema": sd, "meta": {"arch": "restormer", "preset": "tiny"}},
                       tmp_path / "model.pt")

@@ -29,11 +29,13 @@ def test_resume_must_fails_loudly_without_checkpoint(tmp_path):
     assert "no checkpoint" in proc.stderr
 
 
-def test_channels_last_batches_train_the_same_weights(tmp_path):
-    """deepspeed.channels_last only changes the batches' memory layout: same weights up to conv rounding."""
+@pytest.mark.parametrize("arch", ["nafnet", "restormer", "promptir", "swinir"])
+def test_channels_last_batches_train_the_same_weights(tmp_path, arch):
+    """deepspeed.channels_last (the params.yaml default) only changes the memory layout of the batches and of the
+    4-D weights: same weights up to conv rounding, for every backbone (PromptIR's 5-D prompts stay as they are)."""
     nchw, nhwc = tmp_path / "nchw", tmp_path / "nhwc"
-    train_tiny(nchw, nchw / "ckpt", 4, "--zero-stage", 0)
-    train_tiny(nhwc, nhwc / "ckpt", 4, "--zero-stage", 0, "--channels-last")
+    train_tiny(nchw, nchw / "ckpt", 4, "--zero-stage", 0, "--arch", arch)
+    train_tiny(nhwc, nhwc / "ckpt", 4, "--zero-stage", 0, "--channels-last", "--arch", arch)
     a = torch.load(nchw / "final.pt", weights_only=False)
     b = torch.load(nhwc / "final.pt", weights_only=False)
     assert not any(a["channels_last"]) and all(b["channels_last"]) and len(b["channels_last"]) == 4

@@ -30,9 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="images above N x N pixels are restored in N x N tiles (default 512)")
     p.add_argument("--overlap", type=int, default=32, metavar="N", help="tile overlap (default 32)")
     p.add_argument("--max-pixels", type=int, default=16_000_000, help="reject larger uploads (default 16 MP)")
-    p.add_argument("--inference", choices=("eager", "nhwc", "onnx", "compile"), default="onnx",
-                   help="network execution path: onnx (default on CPU: ONNX Runtime, exported once at start and "
-                        "cached; nhwc on a GPU), nhwc (channels-last copy), eager (the reference) or compile "
+    p.add_argument("--inference", choices=("eager", "nhwc", "onnx", "openvino", "compile"), default="openvino",
+                   help="network execution path: openvino (default on CPU: the network exported once to ONNX, "
+                        "cached, compiled by OpenVINO in fp32 per tile shape; nhwc on a GPU), onnx (the same graph "
+                        "on ONNX Runtime), nhwc (channels-last copy), eager (the reference) or compile "
                         "(torch.compile; slow first call per tile shape); every path matches eager within 1e-4")
     p.add_argument("--weights", choices=("params_ema", "params"), default="params_ema")
     p.set_defaults(func=_run)
@@ -52,7 +53,7 @@ def _run(args: argparse.Namespace) -> int:
     from maskdcpt.config import find_root
     from maskdcpt.demo import DemoBackend, launch, model_card
     from maskdcpt.inference import load_classifier, load_model
-    from maskdcpt.restore import prepare_for_inference
+    from maskdcpt.fastpaths import prepare_for_inference
 
     try:
         net = load_model(args.model, device=args.device, key=args.weights)
@@ -70,11 +71,10 @@ def _run(args: argparse.Namespace) -> int:
             print(f"error: cannot load the classifier {str(ckpt)!r}: {e}", file=sys.stderr)
             return 1
     mode = args.inference
-    if mode == "onnx" and next(net.parameters()).device.type != "cpu":
-        mode = "nhwc"  # ONNX Runtime's CPU provider only
-    if mode == "onnx":
-        print("preparing the ONNX Runtime graph (exported once per model, then cached) ...", file=sys.stderr,
-              flush=True)
+    if mode in ("onnx", "openvino") and next(net.parameters()).device.type != "cpu":
+        mode = "nhwc"  # ONNX Runtime's and OpenVINO's CPU paths only
+    if mode in ("onnx", "openvino"):
+        print("preparing the ONNX graph (exported once per model, then cached) ...", file=sys.stderr, flush=True)
     fast = prepare_for_inference(net, mode)
     card["fast_path"] = "eager" if fast is net else fast.maskdcpt_info.get("fast_path", args.inference)
     port = args.port

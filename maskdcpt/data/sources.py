@@ -44,6 +44,7 @@ __all__ = [
     "parse_s3_uri",
     "s3_client",
     "list_s3_objects",
+    "S3ListingError",
     "download_s3_prefix",
     "collect_s3",
     "collect_real_pairs",
@@ -94,6 +95,10 @@ def s3_client(endpoint_url: str | None = None, *, region: str | None = None, max
     return session.client("s3", endpoint_url=endpoint_url, config=Config(**cfg))
 
 
+class S3ListingError(RuntimeError):
+    """An S3 prefix could not be listed (after botocore's retries); the message names ``s3://bucket/prefix``."""
+
+
 def list_s3_objects(client, bucket: str, prefix: str = "", *, page_size: int = 1000,
                     extensions: Sequence[str] | None = IMAGE_EXTENSIONS) -> list[dict]:
     """Every object under ``prefix`` via the ``list_objects_v2`` paginator (``PageSize`` = ``page_size``).
@@ -127,7 +132,8 @@ def download_s3_prefix(uri: str, cache_dir: str | os.PathLike, *, client=None, e
 
     Returns ``(files, failures)``: ``files`` = ``[{"key", "uri", "path", "size", "etag", "downloaded"}]``;
     ``failures`` = ``[{"key", "uri", "reason": "download_failed", "detail"}]`` for objects that could not be
-    fetched (after botocore's retries). Listing errors propagate (nothing to fall back on).
+    fetched (after botocore's retries). A listing that fails raises :class:`S3ListingError` naming the bucket and
+    prefix (nothing to fall back on).
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -141,7 +147,11 @@ def download_s3_prefix(uri: str, cache_dir: str | os.PathLike, *, client=None, e
     except (OSError, ValueError):
         index = {}
     files, failures = [], []
-    for obj in list_s3_objects(client, bucket, prefix, page_size=page_size, extensions=extensions):
+    try:
+        objects = list_s3_objects(client, bucket, prefix, page_size=page_size, extensions=extensions)
+    except (ClientError, BotoCoreError) as e:  # botocore's message names the operation, not the bucket
+        raise S3ListingError(f"cannot list s3://{bucket}/{prefix}: {type(e).__name__}: {e}") from e
+    for obj in objects:
         key = obj["key"]
         dest = root / key
         if ".." in Path(key).parts:

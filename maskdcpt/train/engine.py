@@ -29,11 +29,14 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
 
-from maskdcpt.atomic import atomic_torch_save  # noqa: F401  (re-exported: the trainers save through it)
+from maskdcpt.atomic import atomic_torch_save, atomic_write_json  # noqa: F401  (atomic_torch_save: re-exported)
+from maskdcpt.layout import to_channels_last
+from maskdcpt.train.params import DeepSpeedParams, as_group
 
 log = logging.getLogger(__name__)
 
@@ -72,26 +75,48 @@ def shutdown_distributed() -> None:
         tdist.destroy_process_group()
 
 
-def deepspeed_config(ds: dict[str, Any], micro_batch: int, grad_clip: float) -> dict[str, Any]:
-    """Build the DeepSpeed config from the ``deepspeed`` params group.
+def deepspeed_config(ds: DeepSpeedParams | Mapping[str, Any], micro_batch: int, grad_clip: float) -> dict[str, Any]:
+    """Build the DeepSpeed config from the ``deepspeed`` params group (a mapping is validated; missing keys take
+    :class:`~maskdcpt.train.params.DeepSpeedParams`' defaults).
 
     ``train_batch_size = micro_batch x gradient_accumulation_steps x world_size`` is derived by DeepSpeed.
-    Raises ``ValueError`` for a ZeRO stage outside 0-3.
+    Raises ``pydantic.ValidationError`` (a ``ValueError``) for a ZeRO stage outside 0-3 or an unknown key.
     """
-    stage = int(ds.get("zero_stage", 0))
-    if stage not in (0, 1, 2, 3):
-        raise ValueError(f"deepspeed.zero_stage must be 0-3, got {stage}")
+    ds = as_group(DeepSpeedParams, ds)
     cfg: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": int(micro_batch),
-        "gradient_accumulation_steps": int(ds.get("gradient_accumulation_steps", 1)),
-        "zero_optimization": {"stage": stage},
-        "bf16": {"enabled": bool(ds.get("bf16", False))},
+        "gradient_accumulation_steps": ds.gradient_accumulation_steps,
+        "zero_optimization": {"stage": ds.zero_stage},
+        "bf16": {"enabled": ds.bf16},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
     if grad_clip and grad_clip > 0:
         cfg["gradient_clipping"] = float(grad_clip)
     return cfg
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (typically a full disk). The message names the checkpoint, the space
+    left on its filesystem against the size of the last complete checkpoint, and that checkpoint (``latest``),
+    which a re-run resumes from once the cause is fixed; the half-written step folder is never named by
+    ``latest``."""
+
+    def __init__(self, checkpoint_dir: Path, step: int, cause: BaseException) -> None:
+        latest_file = checkpoint_dir / "latest"
+        latest = latest_file.read_text().strip() if latest_file.is_file() else None
+        prev = checkpoint_dir / latest if latest else None
+        used = sum(f.stat().st_size for f in prev.rglob("*") if f.is_file()) if prev and prev.is_dir() else 0
+        try:
+            free = shutil.disk_usage(checkpoint_dir).free
+        except OSError:
+            free = -1
+        full = getattr(cause, "errno", None) == 28 or (0 <= free < max(used, 1 << 20))
+        space = (f"No space left on device: {free / 2**20:.2f} MiB free there, the last complete checkpoint "
+                 f"takes {used / 2**20:.2f} MiB" if full else f"{free / 2**20:.1f} MiB free there")
+        super().__init__(f"could not write checkpoint step{step} under {checkpoint_dir} "
+                         f"({type(cause).__name__}: {str(cause)[:200]}). {space}. The last complete checkpoint is "
+                         f"{latest or 'none'}; a re-run resumes from it once there is room.")
 
 
 class EMA:
@@ -165,7 +190,7 @@ def train(
     model: torch.nn.Module,
     param_groups: list[dict[str, Any]],
     *,
-    ds_params: dict[str, Any],
+    ds_params: DeepSpeedParams | Mapping[str, Any],
     micro_batch: int,
     steps: int,
     seed: int,
@@ -225,7 +250,8 @@ def train(
         raise ValueError("pass exactly one of make_batch and data")
     if data is not None and int(data.batch_size) != int(micro_batch):
         raise ValueError(f"data.batch_size {data.batch_size} != micro_batch {micro_batch}")
-    rank, world = init_distributed(ds_params.get("dist_backend", "gloo"))
+    ds_params = as_group(DeepSpeedParams, ds_params)
+    rank, world = init_distributed(ds_params.dist_backend)
     if data is not None:
         data.bind(rank, world)
     cfg = deepspeed_config(ds_params, micro_batch, grad_clip)
@@ -233,7 +259,7 @@ def train(
     # averaged the gradients) instead of DeepSpeed's per-tensor loop; the same global-norm clipping.
     own_clip = (cfg["zero_optimization"]["stage"] == 0 and not cfg["bf16"]["enabled"]
                 and cfg.pop("gradient_clipping", 0.0) > 0)
-    channels_last = bool(ds_params.get("channels_last", False))
+    channels_last = ds_params.channels_last
     optimizer = torch.optim.AdamW(param_groups, betas=(0.9, 0.999), weight_decay=weight_decay,
                                   fused=_can_fuse_adamw(param_groups))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda) if lr_lambda else None
@@ -246,7 +272,8 @@ def train(
         # 4-D weights in NHWC too, or oneDNN converts every dense 3x3 kernel at every call (the classifier's
         # 1024x1024x3x3 kernels: ~0.7 s per paper-5d pre-training step). After initialize: DeepSpeed's initial
         # broadcast views each weight as bytes, which needs the plain layout. ZeRO 1-3 own flat weight buffers.
-        engine.module.to(memory_format=torch.channels_last)
+        # to_channels_last, not module.to(memory_format=...): that raises on PromptIR's 5-D prompt tensors
+        to_channels_last(engine.module)
     accum = cfg["gradient_accumulation_steps"]
     ema = EMA(engine.module, ema_decay) if ema_decay else None
     dtype = torch.bfloat16 if cfg["bf16"]["enabled"] else torch.float32
@@ -276,9 +303,12 @@ def train(
         if checkpoint_dir is None:
             return
         client = {"step": step, "ema": ema.state_dict() if ema is not None else None}
-        if data is not None:  # before DeepSpeed writes `latest`: a checkpoint it names always has the position
-            _atomic_write_json(Path(checkpoint_dir) / f"step{step}" / f"data_rank{rank}.json", data.state_dict())
-        engine.save_checkpoint(str(checkpoint_dir), tag=f"step{step}", client_state=client)
+        try:
+            if data is not None:  # before DeepSpeed writes `latest`: a checkpoint it names always has the position
+                atomic_write_json(Path(checkpoint_dir) / f"step{step}" / f"data_rank{rank}.json", data.state_dict())
+            engine.save_checkpoint(str(checkpoint_dir), tag=f"step{step}", client_state=client)
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as an obscure iostream error
+            raise CheckpointWriteError(Path(checkpoint_dir), step, e) from e
         if rank == 0:  # keep the newest two checkpoints
             tags = sorted((p for p in Path(checkpoint_dir).glob("step*") if p.is_dir()),
                           key=lambda p: int(p.name[4:]))
@@ -369,14 +399,6 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, dict):
         return {k: _to_device(v, device) for k, v in batch.items()}
     return batch
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def _cast(batch: Any, dtype: torch.dtype, channels_last: bool = False) -> Any:

@@ -8,6 +8,7 @@ The checkpoint is ``{"params": raw weights, "params_ema": EMA weights}`` with th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -20,6 +21,7 @@ from maskdcpt.losses import RESTORATION_LOSSES, restoration_loss
 from maskdcpt.models import build_backbone, load_backbone_state_dict
 from maskdcpt.train import engine
 from maskdcpt.train.diagnostics import PerClassMeter, per_class_psnr, per_sample_l1
+from maskdcpt.train.params import FinetuneParams, ModelParams, as_group
 
 
 def finetune_loss(module: torch.nn.Module, batch: tuple[torch.Tensor, ...],
@@ -65,8 +67,9 @@ def zero_output_head(net: torch.nn.Module) -> str:
     raise ValueError(f"{type(net).__name__} has no output convolution named one of {OUTPUT_HEADS}")
 
 
-def run_finetune(train_set: PairSet | StreamLoader, *, model_cfg: dict[str, Any], cfg: dict[str, Any],
-                 ds_params: dict[str, Any], seed: int, out_dir: Path, init: str = "random",
+def run_finetune(train_set: PairSet | StreamLoader, *, model_cfg: ModelParams | Mapping[str, Any],
+                 cfg: FinetuneParams | Mapping[str, Any], ds_params: Mapping[str, Any], seed: int, out_dir: Path,
+                 init: str = "random",
                  pretrained: Path | None = None, checkpoint_dir: Path | None = None,
                  on_log: Callable[[int, dict], None] | None = None, progress: bool = True,
                  val_set: PairSet | ShardIndex | None = None, class_names: Sequence[str] | None = None,
@@ -75,6 +78,8 @@ def run_finetune(train_set: PairSet | StreamLoader, *, model_cfg: dict[str, Any]
     ``out_dir/sha256.json``.
 
     Args:
+        model_cfg, cfg: the ``model`` and ``finetune`` groups (:mod:`maskdcpt.train.params`; a mapping is
+            validated, missing keys take the schema's defaults); ``ds_params``: the ``deepspeed`` group.
         train_set: a :class:`StreamLoader` over the training shards (batches of ``(lq, gt)``, ``batch_size`` =
             ``cfg["batch_size"]``, position checkpointed by the engine) or an in-memory :class:`PairSet`.
         init: ``pretrained`` (load ``pretrained``'s backbone weights, reporting loaded / missing / unexpected keys)
@@ -95,8 +100,9 @@ def run_finetune(train_set: PairSet | StreamLoader, *, model_cfg: dict[str, Any]
     """
     if init not in ("pretrained", "random"):
         raise ValueError(f"init must be 'pretrained' or 'random', got {init!r}")
+    model_cfg, cfg = as_group(ModelParams, model_cfg), as_group(FinetuneParams, cfg)
     torch.manual_seed(seed)
-    net = build_backbone(model_cfg.get("arch", "nafnet"), model_cfg.get("preset", "cpu-default"))
+    net = build_backbone(model_cfg.arch, model_cfg.preset)
     report: dict[str, Any] = {"init": init}
     if init == "pretrained":
         if pretrained is None or not Path(pretrained).is_file():
@@ -105,15 +111,12 @@ def run_finetune(train_set: PairSet | StreamLoader, *, model_cfg: dict[str, Any]
             report["pretrained_sha256"] = verify_sidecar(pretrained)
         state = torch.load(pretrained, map_location="cpu", weights_only=True)
         report.update(load_backbone_state_dict(net, state, key="params"))
-    head_init = str(cfg.get("head_init", "default"))
-    if head_init == "zeros":
+    if cfg.head_init == "zeros":
         report["head_zeroed"] = zero_output_head(net)
-    elif head_init != "default":
-        raise ValueError(f"finetune.head_init must be 'default' or 'zeros', got {head_init!r}")
-    loss_kind = str(cfg.get("loss", "l1"))
-    if loss_kind not in RESTORATION_LOSSES:
+    loss_kind = cfg.loss
+    if loss_kind not in RESTORATION_LOSSES:  # the schema's Literal and the loss registry must agree
         raise ValueError(f"finetune.loss must be one of {RESTORATION_LOSSES}, got {loss_kind!r}")
-    steps, lr = int(cfg["steps"]), float(cfg["lr"])
+    steps, lr = cfg.steps, cfg.lr
 
     streaming = isinstance(train_set, StreamLoader)
     if streaming:
@@ -143,22 +146,22 @@ def run_finetune(train_set: PairSet | StreamLoader, *, model_cfg: dict[str, Any]
         if on_log:
             on_log(step, values)
 
-    evaluating = bool(class_names) and val_set is not None and int(cfg.get("eval_every", 0)) > 0
+    evaluating = bool(class_names) and val_set is not None and cfg.eval_every > 0
 
     module, ema, result = engine.train(
         net, [{"params": list(net.parameters()), "lr": lr}], ds_params=ds_params,
-        micro_batch=int(cfg["batch_size"]), steps=steps, seed=seed,
+        micro_batch=cfg.batch_size, steps=steps, seed=seed,
         make_batch=None if streaming else make_batch, data=train_set if streaming else None,
-        compute_loss=lambda m, b, g: finetune_loss(m, b, g, meter, loss_kind), grad_clip=float(cfg.get("grad_clip", 0)),
-        lr_lambda=engine.cosine_lambda(steps, lr, float(cfg.get("eta_min", 1e-6))),
-        ema_decay=float(cfg.get("ema_decay", 0.999)), checkpoint_dir=checkpoint_dir,
-        checkpoint_every=int(cfg.get("checkpoint_every", 0)), log_every=int(cfg.get("log_every", 10)),
-        on_log=log, on_eval=on_eval if evaluating else None, eval_every=int(cfg.get("eval_every", 0)),
-        weight_decay=float(cfg.get("weight_decay", 0.0)), progress=progress)
+        compute_loss=lambda m, b, g: finetune_loss(m, b, g, meter, loss_kind), grad_clip=cfg.grad_clip,
+        lr_lambda=engine.cosine_lambda(steps, lr, cfg.eta_min), ema_decay=cfg.ema_decay,
+        checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+        on_log=log, on_eval=on_eval if evaluating else None, eval_every=cfg.eval_every,
+        weight_decay=cfg.weight_decay, progress=progress)
     params = {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
-    meta = {"arch": model_cfg.get("arch", "nafnet"), "preset": model_cfg.get("preset"), "steps": steps,
+    meta = {"arch": model_cfg.arch, "preset": model_cfg.preset, "steps": steps,
             "init": init}
-    engine.atomic_torch_save({"params": params, "params_ema": ema.shadow, "meta": meta}, Path(out_dir) / "model.pt")
+    shadow = ema.shadow if ema is not None else params  # ema_decay 0: no EMA, the raw weights serve as both
+    engine.atomic_torch_save({"params": params, "params_ema": shadow, "meta": meta}, Path(out_dir) / "model.pt")
     write_sidecar(out_dir, ["model.pt"])
     return {"steps": result.step, "seconds": round(result.seconds, 2),
             "images_per_second": round(result.images_per_second, 2), "resumed_from": result.resumed_from,

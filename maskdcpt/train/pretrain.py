@@ -8,6 +8,7 @@ AdamW (weight decay 0) with two constant learning rates: backbone 3e-4, heads 1e
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,17 +21,19 @@ from maskdcpt.losses import maskdcpt_loss
 from maskdcpt.models import MaskDCPTModel, build_backbone, param_groups
 from maskdcpt.train import engine
 from maskdcpt.train.diagnostics import PerClassMeter, classifier_predictions, confusion_matrix, per_sample_l1
+from maskdcpt.train.params import ModelParams, PretrainParams, as_group
 
 
-def build_pretrain_model(model_cfg: dict[str, Any], num_classes: int, keep_ratio: float = 0.5) -> MaskDCPTModel:
-    """The MaskDCPT pre-training network for the ``model`` params group (arch, preset, recon head).
+def build_pretrain_model(model_cfg: ModelParams | Mapping[str, Any], num_classes: int,
+                         keep_ratio: float = 0.5) -> MaskDCPTModel:
+    """The MaskDCPT pre-training network for the ``model`` params group (arch, preset, recon head; missing
+    keys take :class:`~maskdcpt.train.params.ModelParams`' defaults).
 
-    Raises ``ValueError`` for an unknown arch (``nafnet``/``restormer``) or preset.
+    Raises ``ValueError`` for an unknown preset; ``pydantic.ValidationError`` for an unknown key or arch.
     """
-    backbone = build_backbone(model_cfg.get("arch", "nafnet"), model_cfg.get("preset", "cpu-default"))
-    return MaskDCPTModel(backbone, num_classes=num_classes, keep_ratio=keep_ratio,
-                         recon_head=model_cfg.get("recon_head", "token"),
-                         recon_blocks=int(model_cfg.get("recon_blocks", 2)))
+    m = as_group(ModelParams, model_cfg)
+    return MaskDCPTModel(build_backbone(m.arch, m.preset), num_classes=num_classes, keep_ratio=keep_ratio,
+                         recon_head=m.recon_head, recon_blocks=m.recon_blocks)
 
 
 def pretrain_loss(module: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
@@ -95,8 +98,9 @@ def classification_accuracy(model: MaskDCPTModel, pairs: PairSet | ShardIndex, n
     return out
 
 
-def run_pretrain(train_set: PairSet | StreamLoader, val_set: PairSet | ShardIndex | None, *, num_classes: int, model_cfg: dict[str, Any],
-                 cfg: dict[str, Any], ds_params: dict[str, Any], seed: int, out_dir: Path,
+def run_pretrain(train_set: PairSet | StreamLoader, val_set: PairSet | ShardIndex | None, *, num_classes: int,
+                 model_cfg: ModelParams | Mapping[str, Any], cfg: PretrainParams | Mapping[str, Any],
+                 ds_params: Mapping[str, Any], seed: int, out_dir: Path,
                  checkpoint_dir: Path | None = None, on_log: Callable[[int, dict], None] | None = None,
                  progress: bool = True, class_names: list[str] | None = None) -> dict[str, Any]:
     """Pre-train and write ``out_dir/model.pt`` (whole network, ``params``) and ``out_dir/backbone.pt``
@@ -112,12 +116,16 @@ def run_pretrain(train_set: PairSet | StreamLoader, val_set: PairSet | ShardInde
     every ``log_every`` steps, and the final evaluation adds the validation confusion matrix (rows true, columns
     predicted; :mod:`maskdcpt.train.diagnostics`) to the summary as ``confusion``.
 
+    ``model_cfg``, ``cfg``: the ``model`` and ``pretrain`` groups (:mod:`maskdcpt.train.params`; a mapping is
+    validated, missing keys take the schema's defaults); ``ds_params``: the ``deepspeed`` group.
+
     Returns a summary: steps, seconds, images/s, last losses, final validation accuracy.
     """
+    model_cfg, cfg = as_group(ModelParams, model_cfg), as_group(PretrainParams, cfg)
     torch.manual_seed(seed)
-    model = build_pretrain_model(model_cfg, num_classes, float(cfg.get("keep_ratio", 0.5)))
-    groups = param_groups(model, float(cfg["backbone_lr"]), float(cfg["head_lr"]))
-    alpha, gamma = float(cfg.get("alpha", 1.0)), float(cfg.get("focal_gamma", 2.0))
+    model = build_pretrain_model(model_cfg, num_classes, cfg.keep_ratio)
+    groups = param_groups(model, cfg.backbone_lr, cfg.head_lr)
+    alpha, gamma = cfg.alpha, cfg.focal_gamma
 
     streaming = isinstance(train_set, StreamLoader)
     if streaming:
@@ -146,23 +154,21 @@ def run_pretrain(train_set: PairSet | StreamLoader, val_set: PairSet | ShardInde
         val_log.update({f"val_{k}": v for k, v in acc.items()})
         if on_log:
             on_log(step, dict(val_log))
-        if class_names and step == int(cfg["steps"]):
+        if class_names and step == cfg.steps:
             true, pred = classifier_predictions(module, _val_batches(val_set, 16), seed)
             confusion["matrix"] = confusion_matrix(true, pred, num_classes).tolist()
         module.train()
 
     module, _, result = engine.train(
-        model, groups, ds_params=ds_params, micro_batch=int(cfg["batch_size"]), steps=int(cfg["steps"]),
+        model, groups, ds_params=ds_params, micro_batch=cfg.batch_size, steps=cfg.steps,
         seed=seed, make_batch=None if streaming else make_batch, data=train_set if streaming else None,
-        compute_loss=compute_loss, grad_clip=float(cfg.get("grad_clip", 0)),
-        checkpoint_dir=checkpoint_dir, checkpoint_every=int(cfg.get("checkpoint_every", 0)),
-        log_every=int(cfg.get("log_every", 10)), on_log=log, on_eval=on_eval,
-        eval_every=int(cfg.get("eval_every", 0)) or int(cfg["steps"]),
-        weight_decay=float(cfg.get("weight_decay", 0.0)), progress=progress)
+        compute_loss=compute_loss, grad_clip=cfg.grad_clip, checkpoint_dir=checkpoint_dir,
+        checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, on_log=log, on_eval=on_eval,
+        eval_every=cfg.eval_every or cfg.steps, weight_decay=cfg.weight_decay, progress=progress)
     state = {k: v.detach().float().cpu() for k, v in module.state_dict().items()}
     backbone = {k: v.detach().float().cpu() for k, v in module.backbone_state_dict().items()}
     out_dir = Path(out_dir)
-    meta = {"arch": model_cfg.get("arch", "nafnet"), "preset": model_cfg.get("preset"),
+    meta = {"arch": model_cfg.arch, "preset": model_cfg.preset,
             "num_classes": num_classes, "steps": result.step}
     engine.atomic_torch_save({"params": state, "meta": meta}, out_dir / "model.pt")
     engine.atomic_torch_save({"params": backbone, "meta": meta}, out_dir / "backbone.pt")

@@ -1,7 +1,7 @@
-"""Train a tiny NAFNet through the DeepSpeed engine; used by tests in a subprocess.
+"""Train a tiny backbone (NAFNet unless --arch) through the DeepSpeed engine; used by tests in a subprocess.
 
 usage: train_tiny.py OUT_DIR CKPT_DIR STEPS [--die-at STEP] [--die-in-save STEP] [--resume MODE] [--channels-last]
-                     [--zero-stage N]
+                     [--zero-stage N] [--arch nafnet|restormer|promptir|swinir]
 With --die-at the process hard-exits (os._exit) when it is about to draw the batch of that step, like a kill.
 With --die-in-save the process SIGKILLs itself in the middle of writing the first file of the checkpoint of that
 step: half of the file's bytes are on disk, DeepSpeed has not written ``latest`` yet.
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from maskdcpt.models import build_nafnet
+from maskdcpt.models import build_backbone
 from maskdcpt.train import engine
 
 ap = argparse.ArgumentParser()
@@ -27,6 +27,7 @@ ap.add_argument("--resume", default="auto")
 ap.add_argument("--channels-last", action="store_true")
 ap.add_argument("--zero-stage", type=int, default=1)
 ap.add_argument("--die-in-save", type=int, default=-1)
+ap.add_argument("--arch", default="nafnet")
 args = ap.parse_args()
 
 if args.die_in_save >= 0:
@@ -46,7 +47,7 @@ if args.die_in_save >= 0:
     torch.save = _dying_save
 
 torch.manual_seed(0)
-net = build_nafnet("tiny")
+net = build_backbone(args.arch, "tiny")
 data_gt = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 data_lq = (data_gt + 0.2 * torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(2))).clamp(0, 1)
 calls = {"n": 0}
@@ -63,7 +64,7 @@ def make_batch(gen, n):
 
 def compute_loss(module, batch, gen):
     lq, gt = batch
-    weight = module.module.intro.weight  # module is the DeepSpeed engine
+    weight = next(p for p in module.module.parameters() if p.dim() == 4)  # module is the DeepSpeed engine
     layouts.append(all(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
                        for t in (lq, weight)))
     loss = F.l1_loss(module(lq), gt)
