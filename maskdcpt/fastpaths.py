@@ -200,6 +200,7 @@ class OpenVinoNet(nn.Module):
         self.maskdcpt_info = {**dict(getattr(net, "maskdcpt_info", {}) or {}), "fast_path": "openvino"}
         self.path = _onnx_export(net, self.pad_multiple, cache_dir)
         self._core = ov.Core()
+        self._model = self._core.read_model(str(self.path))  # read once; each shape compiles a reshaped clone
         self._config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
                         "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
         self._requests: OrderedDict[tuple[int, ...], object] = OrderedDict()
@@ -208,7 +209,7 @@ class OpenVinoNet(nn.Module):
     def _request(self, shape: tuple[int, ...]):
         req = self._requests.get(shape)
         if req is None:
-            model = self._core.read_model(str(self.path))
+            model = self._model.clone()
             model.reshape({0: list(shape)})
             req = self._core.compile_model(model, "CPU", self._config).create_infer_request()
             self._requests[shape] = req

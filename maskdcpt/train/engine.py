@@ -19,6 +19,7 @@ the training configuration, so a changed configuration never resumes stale state
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -27,9 +28,9 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
@@ -111,7 +112,7 @@ class CheckpointWriteError(OSError):
             free = shutil.disk_usage(checkpoint_dir).free
         except OSError:
             free = -1
-        full = getattr(cause, "errno", None) == 28 or (0 <= free < max(used, 1 << 20))
+        full = getattr(cause, "errno", None) == errno.ENOSPC or (0 <= free < max(used, 1 << 20))
         space = (f"No space left on device: {free / 2**20:.2f} MiB free there, the last complete checkpoint "
                  f"takes {used / 2**20:.2f} MiB" if full else f"{free / 2**20:.1f} MiB free there")
         super().__init__(f"could not write checkpoint step{step} under {checkpoint_dir} "
