@@ -52,7 +52,6 @@ from maskdcpt.png import decode_png, encode_png, quantize, write_png  # noqa: F4
 __all__ = [
     "ImageRejected",
     "read_image",
-    "read_image_array",
     "image_info",
     "write_png",
     "encode_png",
@@ -99,7 +98,7 @@ class ImageRejected(ValueError):
 # reading
 
 
-def _reject(reason: str, message: str, path) -> ImageRejected:
+def image_rejected(reason: str, message: str, path) -> ImageRejected:
     return ImageRejected(reason, message, path)
 
 
@@ -246,9 +245,9 @@ def image_info(path: str | os.PathLike) -> dict:
 
     path = Path(path)
     if not path.is_file():
-        raise _reject("not_found", "no such file", path)
+        raise image_rejected("not_found", "no such file", path)
     if path.stat().st_size == 0:
-        raise _reject("empty_file", "file has zero bytes", path)
+        raise image_rejected("empty_file", "file has zero bytes", path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -257,9 +256,9 @@ def image_info(path: str | os.PathLike) -> dict:
                 orientation = im.getexif().get(0x0112)
                 mode, fmt = im.mode, im.format
     except Image.DecompressionBombError as e:
-        raise _reject("too_many_pixels", str(e), path) from e
+        raise image_rejected("too_many_pixels", str(e), path) from e
     except UnidentifiedImageError as e:
-        raise _reject("not_an_image", "Pillow cannot identify this file", path) from e
+        raise image_rejected("not_an_image", "Pillow cannot identify this file", path) from e
     if orientation in (5, 6, 7, 8):
         w, h = h, w
     return {"width": w, "height": h, "mode": mode, "format": fmt, "orientation": orientation}
@@ -309,36 +308,36 @@ def read_image(
 
     path = Path(path)
     if not path.is_file():
-        raise _reject("not_found", "no such file", path)
+        raise image_rejected("not_found", "no such file", path)
     size = path.stat().st_size
     if size == 0:
-        raise _reject("empty_file", "file has zero bytes", path)
+        raise image_rejected("empty_file", "file has zero bytes", path)
     with open(path, "rb") as f:
         data = f.read()
 
     def check_size(w: int, h: int) -> None:
         if max_pixels is not None and w * h > max_pixels:
-            raise _reject("too_many_pixels", f"{w}x{h} = {w * h} pixels > max_pixels={max_pixels}", path)
+            raise image_rejected("too_many_pixels", f"{w}x{h} = {w * h} pixels > max_pixels={max_pixels}", path)
         if min(w, h) < min_size:
-            raise _reject("too_small", f"{w}x{h}: shorter side < min_size={min_size}", path)
+            raise image_rejected("too_small", f"{w}x{h}: shorter side < min_size={min_size}", path)
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
-        raise _reject("too_many_pixels", str(e), path) from e
+        raise image_rejected("too_many_pixels", str(e), path) from e
     except UnidentifiedImageError as e:
         tsize = _tiff_size(data)
         if tsize is None:
-            raise _reject("not_an_image", "Pillow cannot identify this file", path) from e
+            raise image_rejected("not_an_image", "Pillow cannot identify this file", path) from e
         # A TIFF layout Pillow cannot hold (e.g. float32 RGB): size-check, then OpenCV.
         check_size(*tsize)
         arr = _cv2_decode(data, path)
         out = _from_cv2_checked(arr, path)
         return (out, f"cv2:{arr.dtype}x{arr.shape[2] if arr.ndim == 3 else 1}") if return_mode else out
     except (OSError, SyntaxError, ValueError, struct.error) as e:
-        raise _reject("corrupt", f"header could not be parsed: {e}", path) from e
+        raise image_rejected("corrupt", f"header could not be parsed: {e}", path) from e
 
     with im:
         w, h = im.size
@@ -357,11 +356,11 @@ def read_image(
             try:
                 im.load()
             except Image.DecompressionBombError as e:
-                raise _reject("too_many_pixels", str(e), path) from e
+                raise image_rejected("too_many_pixels", str(e), path) from e
             except (OSError, SyntaxError, ValueError, struct.error, EOFError) as e:
                 msg = str(e)
                 reason = "truncated" if "truncat" in msg.lower() or isinstance(e, EOFError) else "corrupt"
-                raise _reject(reason, f"decoding failed: {msg}", path) from e
+                raise image_rejected(reason, f"decoding failed: {msg}", path) from e
             try:
                 oriented = ImageOps.exif_transpose(im)
             except Exception:
@@ -369,9 +368,9 @@ def read_image(
             try:
                 out = _pil_to_array(oriented)
             except ValueError as e:
-                raise _reject("non_finite", "float image contains NaN or inf", path) from e
+                raise image_rejected("non_finite", "float image contains NaN or inf", path) from e
             except TypeError as e:
-                raise _reject("unsupported_mode", str(e), path) from e
+                raise image_rejected("unsupported_mode", str(e), path) from e
     return (out, mode) if return_mode else out
 
 
@@ -380,7 +379,7 @@ def _cv2_decode(data: bytes, path) -> np.ndarray:
 
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
-        raise _reject("truncated", "OpenCV could not decode the (high bit depth) image data", path)
+        raise image_rejected("truncated", "OpenCV could not decode the (high bit depth) image data", path)
     return arr
 
 
@@ -388,77 +387,9 @@ def _from_cv2_checked(arr: np.ndarray, path) -> np.ndarray:
     try:
         return _from_cv2(arr)
     except ValueError as e:
-        raise _reject("non_finite", "float image contains NaN or inf", path) from e
+        raise image_rejected("non_finite", "float image contains NaN or inf", path) from e
     except TypeError as e:
-        raise _reject("unsupported_mode", str(e), path) from e
-
-
-def read_image_array(
-    path: str | os.PathLike,
-    *,
-    key: str | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    min_size: int = 0,
-) -> np.ndarray:
-    """Load an image stored as a NumPy array (``.npy``, or one array of an ``.npz``).
-
-    The array must be channel-last: ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` (RGB) or ``(H, W, 4)`` (RGBA,
-    composited over white). ``uint8`` is divided by 255, ``uint16`` by 65535, ``bool`` maps to {0, 1},
-    floats are taken as [0, 1] and clipped. ``key`` selects the array of an ``.npz`` (default: the only
-    one, or ``"image"``). Pickled objects are never loaded. Returns float32 ``(H, W, 3)`` in [0, 1].
-
-    Raises :class:`ImageRejected` (``not_found``, ``empty_file``, ``bad_array``, ``too_many_pixels``,
-    ``too_small``, ``non_finite``).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise _reject("not_found", "no such file", path)
-    if path.stat().st_size == 0:
-        raise _reject("empty_file", "file has zero bytes", path)
-    try:
-        loaded = np.load(path, allow_pickle=False, mmap_mode=None)
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            with loaded:
-                names = list(loaded.files)
-                if key is None:
-                    key = names[0] if len(names) == 1 else ("image" if "image" in names else None)
-                if key is None or key not in names:
-                    raise _reject("bad_array", f"choose one of the arrays {names} with key=", path)
-                arr = loaded[key]
-        else:
-            arr = loaded
-    except ImageRejected:
-        raise
-    except (ValueError, OSError, EOFError) as e:
-        raise _reject("bad_array", f"not a loadable .npy/.npz: {e}", path) from e
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
-        raise _reject("bad_array", f"expected (H, W[, 1|3|4]) array, got shape {arr.shape}", path)
-    h, w = arr.shape[:2]
-    if max_pixels is not None and h * w > max_pixels:
-        raise _reject("too_many_pixels", f"{w}x{h} > max_pixels={max_pixels}", path)
-    if min(h, w) < min_size:
-        raise _reject("too_small", f"{w}x{h}: shorter side < min_size={min_size}", path)
-    if arr.dtype == np.uint8:
-        f = arr.astype(np.float32) / np.float32(255)
-    elif arr.dtype == np.uint16:
-        f = arr.astype(np.float32) / np.float32(65535)
-    elif arr.dtype == np.bool_:
-        f = arr.astype(np.float32)
-    elif arr.dtype.kind == "f":
-        f = arr.astype(np.float32)
-        if not np.all(np.isfinite(f)):
-            raise _reject("non_finite", "array contains NaN or inf", path)
-        f = np.clip(f, 0.0, 1.0)
-    else:
-        raise _reject("bad_array", f"unsupported dtype {arr.dtype}", path)
-    if f.ndim == 2:
-        f = np.repeat(f[..., None], 3, axis=2)
-    elif f.shape[2] == 4:
-        a = f[..., 3:4]
-        f = f[..., :3] * a + (1 - a)
-    return np.ascontiguousarray(f, dtype=np.float32)
+        raise image_rejected("unsupported_mode", str(e), path) from e
 
 
 # --------------------------------------------------------------------------------------------------

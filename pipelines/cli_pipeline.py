@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     psub = p.add_subparsers(dest="pipeline_command", metavar="ACTION")
     run = psub.add_parser("run", help="run the Prefect retraining flow now")
     run.add_argument("--project", default=None, help="project folder (default: the one holding params.yaml)")
+    run.add_argument("--lock-timeout", type=float, default=6 * 3600, metavar="SECONDS",
+                     help="wait this long for a retraining flow already running in the project (default 6 h)")
     run.set_defaults(func=_run)
     sched = psub.add_parser("schedule", help="deploy the retraining flow on a cron schedule (needs a server)")
     sched.add_argument("--cron", required=True, help='cron expression, UTC unless --timezone, e.g. "0 3 * * 0"')
@@ -38,9 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipelines.flows import retrain
+    from pipelines.flows import RetrainBusy, retrain
 
-    summary = retrain(project_dir=args.project)
+    try:
+        summary = retrain(project_dir=args.project, lock_timeout_s=args.lock_timeout)
+    except RetrainBusy as exc:
+        print(f"maskdcpt pipeline run: {exc}", file=sys.stderr)
+        return 3
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

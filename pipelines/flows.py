@@ -12,7 +12,9 @@
 4. artifacts in Prefect: the benchmark table and the promotion decision (Markdown, with the MLflow run links).
 
 All stages nest under one MLflow parent run created by the flow (``MASKDCPT_PARENT_RUN_ID``), ended when the flow
-ends. The stage subprocesses run without their own Prefect flow (``MASKDCPT_PREFECT=0``): here each stage is a task.
+ends. One retraining flow runs in a project at a time: a second one (an overlapping schedule, a manual run) waits
+for the project's lock ``.cache/retrain.lock`` (an OS file lock, released even when its holder is killed) up to
+``lock_timeout_s``, then fails saying which run holds it; it never interleaves its stages with the first's. The stage subprocesses run without their own Prefect flow (``MASKDCPT_PREFECT=0``): here each stage is a task.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pipelines.params import load_params
 from maskdcpt.atomic import atomic_write_text
 
 SOURCE_FINGERPRINT = Path("data/source.json")
+RETRAIN_LOCK = Path(".cache/retrain.lock")
 
 
 def stage_order(root: Path) -> list[str]:
@@ -153,14 +156,51 @@ def record_versions(root: str) -> dict[str, Any]:
     return {"remote": pushed, "lock": dvc_lock_hashes(Path(root))}
 
 
+class RetrainBusy(RuntimeError):
+    """Another retraining flow held the project's lock for longer than the flow was willing to wait."""
+
+
+def _acquire_project_lock(root: Path, timeout_s: float):
+    """The project's retraining lock (a ``filelock.FileLock``, held), waiting up to ``timeout_s`` for it; its
+    holder is recorded beside it (``retrain.lock.json``: pid, start time). Raises :class:`RetrainBusy`."""
+    from filelock import FileLock, Timeout
+
+    path = root / RETRAIN_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    holder = path.with_name(path.name + ".json")
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        who = holder.read_text() if holder.is_file() else "unknown"
+        print(f"[maskdcpt] another retraining flow holds {path} ({who}); waiting up to {timeout_s:.0f} s")
+        try:
+            lock.acquire(timeout=timeout_s)
+        except Timeout:
+            who = holder.read_text() if holder.is_file() else "unknown"
+            raise RetrainBusy(f"another retraining flow still holds {path} after {timeout_s:.0f} s ({who}); "
+                              "nothing was run") from None
+    atomic_write_text(holder, json.dumps({"pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+    return lock
+
+
 @flow(name="maskdcpt-retrain", log_prints=True)
-def retrain(project_dir: str | None = None) -> dict[str, Any]:
-    """Run the whole pipeline as the scheduled retraining flow (see the module docstring)."""
+def retrain(project_dir: str | None = None, lock_timeout_s: float = 6 * 3600) -> dict[str, Any]:
+    """Run the whole pipeline as the scheduled retraining flow (see the module docstring); waits up to
+    ``lock_timeout_s`` for a retraining flow already running in the project. Raises :class:`RetrainBusy`."""
+    root = Path(project_dir or find_root()).resolve()
+    lock = _acquire_project_lock(root, lock_timeout_s)
+    try:
+        return _retrain_locked(root)
+    finally:
+        lock.release()
+
+
+def _retrain_locked(root: Path) -> dict[str, Any]:
     import mlflow
 
     from pipelines import tracking
 
-    root = Path(project_dir or find_root()).resolve()
     params = load_params(root / "params.yaml")
     exp_id = tracking.setup(params["tracking"]["experiment"], root)
     client = mlflow.MlflowClient()

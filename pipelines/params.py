@@ -249,7 +249,11 @@ class Params(Group):
         bands = sorted(set(self.validate_.psnr_lq_gt_bands) - set(classes))
         if bands:
             problems.append(f"validate.psnr_lq_gt_bands keys must be task classes {classes}, got extra {bands}")
-        multiple = backbone_multiple(self.model.arch)
+        try:
+            multiple = backbone_multiple(self.model.arch, self.model.preset)
+        except ValueError as exc:  # an unknown preset of that backbone
+            problems.append(f"model.preset: {exc}")
+            multiple = 1
         if self.synthesize.crop % multiple:
             problems.append(f"synthesize.crop {self.synthesize.crop} is not a multiple of {multiple}, the "
                             f"{self.model.arch} backbone's padding multiple")
@@ -264,13 +268,11 @@ class Params(Group):
         return self
 
 
-def backbone_multiple(arch: str) -> int:
-    """The input-size multiple a backbone needs (downsampling and window size); 16 when it declares none."""
-    try:
-        from maskdcpt.models.backbones import pad_multiple
-    except ImportError:
-        return 16
-    return int(pad_multiple(arch))
+def backbone_multiple(arch: str, preset: str) -> int:
+    """The input-size multiple (px) the backbone needs: its downsampling factor or window size."""
+    from maskdcpt.models.backbones import pad_multiple
+
+    return pad_multiple(arch, preset)
 
 
 def default_model_name(params: Params) -> str:

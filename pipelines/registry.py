@@ -8,6 +8,11 @@ A new version always gets alias ``challenger``. It becomes ``champion`` when the
 on the *same* benchmark pairs (the champion is re-evaluated on the current benchmark with the same code), its
 mean PSNR beats the champion's by more than ``min_gain_db`` and no degradation loses more than ``max_drop_db``.
 The decision and its reason are tags on the version; a rejected challenger stays registered.
+
+A version is created with the tag ``maskdcpt.state=registering`` (in the same request) and set to ``registered``
+once its checksums, decision and aliases are in place. A register stage killed in between leaves a version in
+``registering`` that no alias points at; the next register deletes it (:func:`remove_abandoned_versions`), so
+the registry never keeps a half-registered version.
 """
 
 from __future__ import annotations
@@ -44,6 +49,39 @@ def log_restorer(net: torch.nn.Module, registered_name: str | None = None):
         net.eval(), name="model", serialization_format="pickle",
         code_paths=[str(Path(maskdcpt.__file__).parent)], pip_requirements=requirements,
         signature=model_signature(), input_example=example, registered_model_name=registered_name)
+
+
+STATE_TAG = "maskdcpt.state"
+
+
+def register_version(client, model_uri: str, name: str) -> str:
+    """Register ``model_uri`` as a new version of ``name`` tagged ``maskdcpt.state=registering``; return it."""
+    import mlflow
+
+    mv = mlflow.register_model(model_uri, name, tags={STATE_TAG: "registering"})
+    return str(mv.version)
+
+
+def finish_version(client, name: str, version: str) -> None:
+    """Mark ``version`` complete (``maskdcpt.state=registered``): checksums, decision and aliases are set."""
+    client.set_model_version_tag(name, version, STATE_TAG, "registered")
+
+
+def remove_abandoned_versions(client, name: str) -> list[str]:
+    """Delete the versions of ``name`` still ``registering`` that no alias points at (left by a register stage
+    that was killed); return their numbers. Versions registered by hand (no state tag) are never touched."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+    removed = []
+    for mv in versions:
+        if (mv.tags or {}).get(STATE_TAG) == "registering" and not list(getattr(mv, "aliases", []) or []):
+            client.delete_model_version(name, mv.version)
+            removed.append(str(mv.version))
+    return sorted(removed, key=int)
 
 
 def decide(challenger: dict[str, float], champion: dict[str, float] | None, min_gain_db: float,

@@ -116,7 +116,7 @@ def bench(names: list[str], n: int = 60, crop: int = 256) -> list[dict]:
 def psnr_bands(n: int = 50, crop: int = 256, names: list[str] | None = None) -> dict[str, dict]:
     """PSNR(LQ, GT) band per type: ``{name: {"min", "median", "max"}}`` in dB over ``n`` seeded ``crop²``
     crops of the packaged training photos (crop ``i`` and the degradation both use seed ``i``)."""
-    from maskdcpt.data.synthesize import psnr
+    from maskdcpt.data.pair_recipe import psnr
     from maskdcpt.degradations import REGISTRY, degrade
 
     names = names or sorted(k for k, d in REGISTRY.items() if d.kind != "real")

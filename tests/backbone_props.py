@@ -1,4 +1,4 @@
-"""Shared property checks for the backbones (imported by tests/test_promptir.py and tests/test_swinir.py)."""
+"""Shared helpers and property checks for the backbones (imported by the backbone, inference and demo tests)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,16 @@ def randomize_(model: torch.nn.Module, seed: int = 1) -> None:
         for name, p in model.named_parameters():
             if "norm" in name or name.endswith(("temperature", ".bias", "bias_table")):
                 p.add_(torch.randn(p.shape, generator=g) * 0.3)
+
+
+def active_nafnet(net: torch.nn.Module, scale: float = 0.2, seed: int = 0) -> torch.nn.Module:
+    """Fresh NAFNet blocks are the identity (beta = gamma = 0): give them weight so every path matters; eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith(("beta", "gamma")):
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return net.eval()
 
 
 def collect(model, x, mask, stages):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -200,3 +201,18 @@ def pytest_runtest_makereport(item, call):
            "measured": "; ".join(str(v) for k, v in report.user_properties if k == "measured")}
     with open(path, "a") as fh:
         fh.write(json.dumps(row) + "\n")
+
+
+def cached_out_hashes(project: Path) -> dict[str, dict[str, str]]:
+    """``{stage: {out path: md5}}`` of the cached outs (dvc.yaml outs without ``cache: false``) in ``dvc.lock``."""
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    cached = {}
+    for name, spec in stages.items():
+        spec = spec.get("do", spec)   # a foreach stage: its template, ${key} matched below
+        outs = [o for o in spec.get("outs", []) if isinstance(o, str) or next(iter(o.values())).get("cache", True)]
+        cached[name] = [re.escape(o if isinstance(o, str) else next(iter(o))).replace(r"\$\{key\}", "[^/]+")
+                        for o in outs]
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    return {stage: {o["path"]: o["md5"] for o in spec.get("outs", [])
+                    if any(re.fullmatch(pat, o["path"]) for pat in cached[stage.split("@")[0]])}
+            for stage, spec in lock.items()}

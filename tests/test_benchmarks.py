@@ -375,7 +375,7 @@ def test_presets_overlay_known_keys(name):
 
 def test_training_pairs_from_tiny_sets(tmp_path):
     from maskdcpt.data.shards import read_shard
-    from maskdcpt.data.synthesize import PAIR_COLUMNS
+    from maskdcpt.data.pair_recipe import PAIR_COLUMNS
     from maskdcpt.degradations import TASKS
 
     root = tmp_path / "train"

@@ -1,4 +1,4 @@
-"""The web demo (maskdcpt.demo, ``maskdcpt demo``), the restore fast paths, the one padding rule, file modes.
+"""The web demo (maskdcpt.demo, ``maskdcpt demo``), its model card, restored files' modes.
 
 The browser tests start ``maskdcpt demo`` on a free port and drive Debian's headless chromium through its
 chromedriver (Selenium) with every host but 127.0.0.1 unresolvable, so a page that needed the network would
@@ -26,22 +26,13 @@ import torch
 from PIL import Image
 from skimage import data as skdata
 
+from backbone_props import active_nafnet
 from maskdcpt import metrics
-from maskdcpt.demo import DemoBackend, card_markdown, model_card, severity_params
-from maskdcpt.models import MaskDCPTModel, NAFNet, build_nafnet
+from maskdcpt.demo import DemoBackend, severity_params
+from maskdcpt.model_card import card_markdown, model_card
+from maskdcpt.models import MaskDCPTModel, build_nafnet
 from maskdcpt.native_io import read_image_native, write_image_native
-from maskdcpt.fastpaths import prepare_for_inference
 from maskdcpt.restore import restore_image
-
-
-def _randomised(net, scale=0.2, seed=0):
-    """Fresh NAFNet blocks are the identity (beta = gamma = 0); give them weight so every path matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith(("beta", "gamma")):
-                p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return net.eval()
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +41,7 @@ def assets(tmp_path_factory):
     from maskdcpt.degradations import task_classes
 
     root = tmp_path_factory.mktemp("demo-assets")
-    net = _randomised(build_nafnet("tiny"))
+    net = active_nafnet(build_nafnet("tiny"))
     sd = net.state_dict()
     torch.save({"params": sd, "params_ema": sd, "meta": {"arch": "nafnet", "preset": "tiny"}}, root / "model.pt")
     classes = task_classes("5d")
@@ -175,7 +166,7 @@ def test_severity_follows_the_registry_grid():
         severity_params("haze", 1.5)
 
 
-# ------------------------------------------------------------------------------------------ model card
+# ------------------------------------------------------------------------------------------ model card, file modes
 
 def _registry(tmp_path, ckpt, monkeypatch):
     """A real MLflow registry in tmp_path: a pipeline run (git commit, DVC hashes) with a nested register run
@@ -236,62 +227,6 @@ def test_demo_command_rejects_bad_arguments(tmp_path, capsys):
     assert main(["demo", "--model", str(tmp_path / "missing.pt")]) == 1
     assert "cannot load model" in capsys.readouterr().err
     assert main(["demo", "--tile", "8"]) == 2
-
-
-# ------------------------------------------------------------------------------------------ restore pieces
-
-@pytest.mark.parametrize("shape", [(37, 50), (5, 7), (1, 9), (16, 16)])
-def test_evaluate_and_restore_share_one_padding_rule(shape):
-    from maskdcpt.eval.benchmark import restore_array
-
-    net = _randomised(NAFNet(width=8, enc_blk_nums=[1, 1], middle_blk_num=1, dec_blk_nums=[1, 1]))
-    img = np.random.default_rng(0).random((*shape, 3), dtype=np.float32)
-    a = restore_array(net, img)
-    b = restore_image(net, img)
-    assert a.shape == b.shape == img.shape and np.array_equal(a, b)
-
-
-@pytest.mark.parametrize("mode", ["nhwc", "onnx", "openvino"])
-def test_fast_paths_match_eager(mode, tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    net = _randomised(NAFNet(width=8, enc_blk_nums=[1, 1], middle_blk_num=1, dec_blk_nums=[1, 1]))
-    fast = prepare_for_inference(net, mode)
-    assert fast is not net and fast.maskdcpt_info["fast_path"] == mode
-    img = np.random.default_rng(1).random((45, 70, 3), dtype=np.float32)
-    for tile in (None, 32):
-        ref = restore_image(net, img, tile=tile, overlap=8)
-        out = restore_image(fast, img, tile=tile, overlap=8)
-        assert out.shape == ref.shape and float(np.abs(out - ref).max()) <= 1e-4
-    u8 = (img * 255).astype(np.uint8)
-    assert np.abs(restore_image(fast, u8).astype(int) - restore_image(net, u8).astype(int)).max() <= 1
-    assert prepare_for_inference(net, "eager") is net
-    with pytest.raises(ValueError):
-        prepare_for_inference(net, "fastest")
-
-
-@pytest.mark.parametrize("arch", ["restormer", "promptir", "swinir"])
-def test_nhwc_path_matches_eager_for_every_backbone(arch):
-    """The NHWC copy converts only 4-D tensors (PromptIR's 5-D prompts made module.to(channels_last) raise)."""
-    from backbone_props import randomize_
-    from maskdcpt.models import build_backbone
-
-    torch.manual_seed(0)
-    net = build_backbone(arch, "tiny").eval()
-    randomize_(net)
-    fast = prepare_for_inference(net, "nhwc")
-    assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-               for p in fast.parameters())
-    img = np.random.default_rng(3).random((29, 40, 3), dtype=np.float32)
-    assert float(np.abs(restore_image(fast, img) - restore_image(net, img)).max()) <= 1e-4
-
-
-@pytest.mark.slow
-def test_compiled_path_matches_eager():
-    net = _randomised(NAFNet(width=8, enc_blk_nums=[1], middle_blk_num=1, dec_blk_nums=[1]))
-    fast = prepare_for_inference(net, "compile")
-    img = np.random.default_rng(2).random((20, 30, 3), dtype=np.float32)
-    out = restore_image(fast, img)
-    assert float(np.abs(out - restore_image(net, img)).max()) <= 1e-4
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])

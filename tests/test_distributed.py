@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from maskdcpt.models import build_nafnet, load_backbone_state_dict
-from maskdcpt.train.engine import atomic_torch_save, consolidated_state_dict
+from maskdcpt.atomic import atomic_torch_save
+from maskdcpt.train.distributed import consolidated_state_dict
 
 SCRIPT = Path(__file__).parent / "scripts" / "train_dist.py"
 STEPS = 4

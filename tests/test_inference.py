@@ -29,22 +29,13 @@ from maskdcpt.inference import (
     tile_spans,
     write_image_native,
 )
+from backbone_props import active_nafnet
 from maskdcpt.models import MaskDCPTModel, NAFNet, build_nafnet
-
-
-def _randomised(net, scale=0.2, seed=0):
-    """Fresh NAFNet blocks are the identity (beta = gamma = 0); give them weight so every path matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith(("beta", "gamma")):
-                p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return net.eval()
 
 
 @pytest.fixture(scope="module")
 def tiny_net():
-    return _randomised(build_nafnet("tiny"))
+    return active_nafnet(build_nafnet("tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +46,7 @@ def astronaut():
 # ------------------------------------------------------------------------------------------ loading
 
 def test_load_release_style_checkpoint_infers_config(tmp_path):
-    net = _randomised(NAFNet(width=12, enc_blk_nums=[1, 2, 0], middle_blk_num=2, dec_blk_nums=[0, 1, 1]))
+    net = active_nafnet(NAFNet(width=12, enc_blk_nums=[1, 2, 0], middle_blk_num=2, dec_blk_nums=[0, 1, 1]))
     sd = {f"module.{k}": v for k, v in net.state_dict().items()}   # DDP prefix, no meta: an official-style file
     torch.save({"params": sd}, tmp_path / "release.pth")
     cfg = infer_nafnet_config(net.state_dict())
@@ -322,7 +313,7 @@ def pyfunc_store(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("mlflow")
     uri = use_store(d / "mlflow.db", "serving-test")   # artifacts in d, not in the project's mlruns/
-    net = _randomised(build_nafnet("tiny"), seed=3)
+    net = active_nafnet(build_nafnet("tiny"), seed=3)
     info = log_pyfunc_model(net, registered_model_name="restorer-test")
     return {"uri": uri, "model_uri": "models:/restorer-test/1", "net": net, "info": info}
 

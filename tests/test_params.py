@@ -48,6 +48,8 @@ def test_schema_defaults_are_params_yaml():
     ({"model.arch": "unet"}, "model.arch: Input should be"),
     ({"evaluate.variants": ["maskdcpt", "nosuch"]}, "evaluate.variants ['nosuch'] are not finetune.variants"),
     ({"synthesize.crop": 40}, "synthesize.crop 40 is not a multiple of 16"),
+    ({"model.arch": "swinir", "synthesize.crop": 44}, "synthesize.crop 44 is not a multiple of 8, the swinir"),
+    ({"model.preset": "huge"}, "model.preset: "),
     ({"validate.psnr_lq_gt_bands": {"snow": [1, 80]}}, "keys must be task classes"),
     ({"register.model_name": "maskdcpt-nafnet-12d"}, "must end with the task '-5d'"),
 ])
@@ -55,6 +57,12 @@ def test_bad_values_are_errors_that_say_what(override, message):
     with pytest.raises(ParamsError) as err:
         load_params(REPO / "params.yaml", override)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("arch", ["restormer", "promptir", "swinir"])
+def test_crop_check_uses_the_backbones_own_multiple(arch):
+    """40 px is 5 x 8: fine for the 8-multiple backbones, refused for NAFNet's 16 (above)."""
+    assert load_params(REPO / "params.yaml", {"model.arch": arch, "synthesize.crop": 40})["synthesize"]["crop"] == 40
 
 
 def test_misspelt_key_in_the_file_is_an_error(tmp_path):
@@ -128,7 +136,7 @@ def test_trainers_read_the_schema_not_their_own_defaults(tmp_path):
     import torch
 
     from maskdcpt.data.pairs import PairSet
-    from maskdcpt.train.engine import deepspeed_config
+    from maskdcpt.train.distributed import deepspeed_config
     from maskdcpt.train.finetune import run_finetune
     from maskdcpt.train.pretrain import build_pretrain_model
 
@@ -140,7 +148,7 @@ def test_trainers_read_the_schema_not_their_own_defaults(tmp_path):
     # in a child process: the engine initialises torch.distributed (a listening port) for the whole process
     script = ("import json, sys, torch, pandas as pd; from pathlib import Path\n"
               "from maskdcpt.data.pairs import PairSet; from maskdcpt.train.finetune import run_finetune\n"
-              "from maskdcpt.train.engine import shutdown_distributed\n"
+              "from maskdcpt.train.distributed import shutdown_distributed\n"
               "pairs = PairSet(lq=torch.rand(4, 3, 32, 32), gt=torch.rand(4, 3, 32, 32), "
               "labels=torch.zeros(4, dtype=torch.long), rows=pd.DataFrame({'i': range(4)}))\n"
               "s = run_finetune(pairs, model_cfg={'preset': 'tiny'}, cfg={'steps': 1, 'batch_size': 2}, "

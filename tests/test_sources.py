@@ -15,7 +15,7 @@ import pytest
 from maskdcpt.data.photos import prepare_photos
 from maskdcpt.data.shards import read_shard
 from maskdcpt.data.sources import collect_real_pairs, collect_s3, parse_s3_uri, s3_client
-from maskdcpt.data.synthesize import PAIR_COLUMNS
+from maskdcpt.data.pair_recipe import PAIR_COLUMNS
 from maskdcpt.imageio import encode_png, write_png
 
 FAKE_KEY, FAKE_SECRET = "AKIDTESTONLY0000", "not-a-real-secret-value-1234"

@@ -365,6 +365,31 @@ def test_third_register_promotes_when_the_gate_passes(pipeline):
     assert json.loads((project / "reports/register/results_contract.json").read_text())["success"]
 
 
+def test_register_deletes_the_version_a_killed_register_left_half_registered(pipeline):
+    """A register stage killed after creating its version leaves it in state ``registering`` with no alias; the
+    next register deletes it, and every version it keeps is complete (state ``registered``, checksums, decision)."""
+    from mlflow.exceptions import MlflowException
+
+    from pipelines.registry import STATE_TAG, register_version
+
+    project = pipeline.upto("register")
+    use_store(project / 'mlflow.db')
+    client = mlflow.MlflowClient()
+    name = json.loads((project / "reports/register/decision.json").read_text())["model_name"]
+    champion = client.get_model_version_by_alias(name, "champion")
+    abandoned = register_version(client, champion.source, name)   # the state a kill right after creation leaves
+    assert client.get_model_version(name, abandoned).tags[STATE_TAG] == "registering"
+    run_stage(project, "register")
+    decision = json.loads((project / "reports/register/decision.json").read_text())
+    assert decision["removed_abandoned_versions"] == [abandoned]
+    with pytest.raises(MlflowException):
+        client.get_model_version(name, abandoned)
+    kept = client.search_model_versions(f"name = '{name}'")
+    assert str(decision["version"]) in {str(v.version) for v in kept}
+    for v in kept:
+        assert v.tags.get(STATE_TAG) == "registered" and "weights_sha256" in v.tags and "decision" in v.tags, v
+
+
 def test_validate_failure_stops_with_readable_report(pipeline):
     project = pipeline.upto("validate")
     with restored_after(project, "data/pairs/manifest.parquet", "reports/validate"):

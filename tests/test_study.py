@@ -19,7 +19,8 @@ import pytest
 
 from conftest import make_project, project_env, use_store
 
-from pipelines import study as st
+from pipelines import study_config as st
+from pipelines import study_report as report
 
 LABELS = ["rain", "haze"]
 IMAGES = ["img-a", "img-b", "img-c"]
@@ -49,7 +50,7 @@ def _records():
 
 
 def test_aggregate_gains_intervals_and_verdicts(tmp_path):
-    result = st.aggregate(_records(), LABELS, level=0.95, n_boot=2000, bootstrap_seed=0)
+    result = report.aggregate(_records(), LABELS, level=0.95, n_boot=2000, bootstrap_seed=0)
     vs_scratch = result["comparisons"]["maskdcpt-scratch"]
     assert vs_scratch["rain"]["gain_db"] == pytest.approx(1.0, abs=1e-4)
     assert vs_scratch["rain"]["ci95"] == [pytest.approx(1.0, abs=1e-4)] * 2
@@ -68,23 +69,23 @@ def test_aggregate_gains_intervals_and_verdicts(tmp_path):
     assert sm["mean"]["psnr_mean"] == pytest.approx(sc["mean"]["psnr_mean"] + 1.5, abs=1e-3)
     assert sm["rain"]["psnr_std"] == pytest.approx(sc["rain"]["psnr_std"], abs=1e-3) and sc["rain"]["psnr_std"] > 0
     assert result["variants"]["lq"]["mean"]["psnr_mean"] == pytest.approx(10.0)
-    table = st.markdown_table(result)
+    table = report.markdown_table(result)
     assert "| maskdcpt-scratch (n=2) | +1.000 [+1.000, +1.000] gain | +0.000 [-0.200, +0.200] inconclusive |" in table
-    st.gains_plot(result, tmp_path / "gains.png")
+    report.gains_plot(result, tmp_path / "gains.png")
     assert (tmp_path / "gains.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_aggregate_pairs_by_seed_and_reports_missing_cells():
     recs = _records()
     recs["scratch"] = recs["scratch"][:1]   # only seed 1 ran for scratch: the comparison uses seed 1 only
-    result = st.aggregate(recs, LABELS, n_boot=500)
+    result = report.aggregate(recs, LABELS, n_boot=500)
     assert result["comparisons"]["maskdcpt-scratch"]["seeds"] == [1]
     assert result["comparisons"]["maskdcpt-scratch"]["haze"]["gain_db"] == pytest.approx(-0.2, abs=1e-4)
     broken = _records()
     broken["maskdcpt"][0]["per_image"] = [r for r in broken["maskdcpt"][0]["per_image"]
                                           if not (r["image_id"] == "img-b" and r["label"] == "haze")]
     with pytest.raises(st.StudyError, match="img-b"):
-        st.aggregate(broken, LABELS, n_boot=500)
+        report.aggregate(broken, LABELS, n_boot=500)
 
 
 def test_config_and_run_overlay(tiny_project):
@@ -94,6 +95,13 @@ def test_config_and_run_overlay(tiny_project):
         st.study_config(tiny_project, overrides={"seed": 3})
     with pytest.raises(st.StudyError, match="dvc repro validate"):
         st.study_config(tiny_project)  # no pairs synthesized yet
+    # study options go through the params schema: a bad value names its key, an unknown option is refused
+    for bad, key in (({"level": 1.5}, "study.level"), ({"seeds": 0}, "study.seeds"), ({"parallel": 0}, "study.parallel"),
+                     ({"variants": ["maskdcpt", "nope"]}, "study.variants")):
+        with pytest.raises(st.StudyError, match=key.replace(".", r"\.")):
+            st.study_config(tiny_project, **bad)
+    with pytest.raises(st.StudyError, match="unknown study options.*'n_bot'"):
+        st.study_config(tiny_project, n_bot=5)
     from conftest import tiny_params
 
     p = st.run_params(tiny_params(), 7, "scratch_matched")

@@ -51,7 +51,8 @@ def _run(args: argparse.Namespace) -> int:
         print("error: --max-pixels must be >= 1", file=sys.stderr)
         return 2
     from maskdcpt.config import find_root
-    from maskdcpt.demo import DemoBackend, launch, model_card
+    from maskdcpt.demo import DemoBackend, launch
+    from maskdcpt.model_card import model_card
     from maskdcpt.inference import load_classifier, load_model
     from maskdcpt.fastpaths import prepare_for_inference
 

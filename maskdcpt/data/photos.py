@@ -327,7 +327,8 @@ def prepare_photos(
         Columns :data:`MANIFEST_COLUMNS`, sorted by ``image_id``: ``image_id``, ``split``
         (``'train'``/``'benchmark'``), ``source`` (``'package'``/``'folder'``), ``package``, ``version``,
         ``src_path``, ``sha256`` (of the source file), ``png_sha256`` (of the written PNG), ``path`` (the
-        PNG, ``out_dir/images/<image_id>.png`` as given, so relative if ``out_dir`` is), ``width``,
+        PNG relative to ``out_dir``: ``images/<image_id>.png``, so the manifest's bytes do not depend on where
+        it is built; the prepare stage writes into a temporary folder and renames it), ``width``,
         ``height`` (px, after orientation), ``bytes`` (source file size), ``licence``, ``mode`` (original
         PIL mode, e.g. ``'L'``, ``'RGB'``, ``'I;16'``).
     rejections : DataFrame
@@ -389,7 +390,7 @@ def prepare_photos(
         rows.append({
             "image_id": s.image_id, "split": s.split, "source": s.source, "package": s.package,
             "version": s.version, "src_path": s.uri or s.path, "sha256": sha,
-            "png_sha256": hashlib.sha256(png).hexdigest(), "path": str(dest),
+            "png_sha256": hashlib.sha256(png).hexdigest(), "path": f"{img_dir.name}/{dest.name}",
             "width": int(img.shape[1]), "height": int(img.shape[0]), "bytes": int(src.stat().st_size),
             "licence": s.licence, "mode": mode,
         })

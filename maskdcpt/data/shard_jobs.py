@@ -5,11 +5,13 @@ every shard whose sidecar matches and redoes the rest. The per-sample maker is n
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import importlib
 import json
 import re
+import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -25,13 +27,14 @@ GT_BIT_DEPTH = 8
 
 @functools.lru_cache(maxsize=1)
 def synthesis_fingerprint() -> str:
-    """sha256 over the source of the code that determines a shard's bytes (the degradation package,
-    this module, :mod:`maskdcpt.data.shards` and :mod:`maskdcpt.imageio`), plus the OpenCV and NumPy
-    versions. Stored in each shard's sidecar; a change makes the next run redo the shards."""
+    """sha256 over the source of the code that determines a shard's bytes (the degradation package, the pair
+    recipe and synthesis, this module, :mod:`maskdcpt.data.shards`, :mod:`maskdcpt.imageio`, :mod:`maskdcpt.png`),
+    plus the OpenCV and NumPy versions. Stored in each shard's sidecar; a change makes the next run redo them."""
     import cv2
 
     root = Path(__file__).resolve().parents[1]
     files = sorted((root / "degradations").glob("*.py")) + [root / "data" / "synthesize.py",
+                                                             root / "data" / "pair_recipe.py",
                                                              root / "data" / "shard_jobs.py",
                                                              root / "data" / "shards.py", root / "imageio.py",
                                                              root / "png.py"]
@@ -39,6 +42,25 @@ def synthesis_fingerprint() -> str:
     for f in files:
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
+
+
+class ShardWriteError(OSError):
+    """A shard could not be written (typically a full disk): ``str()`` names the shard, the space left there and
+    that a re-run resumes, reusing every finished shard. Built as ``ShardWriteError(errno, message)`` so that it
+    crosses process boundaries (worker pools) intact."""
+
+
+def shard_write_error(path: Path, cause: OSError) -> ShardWriteError:
+    """The :class:`ShardWriteError` for ``cause`` raised while writing shard ``path``."""
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.2f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    full = "No space left on device: " if cause.errno == errno.ENOSPC else ""
+    done = len(list(path.parent.glob("*.done.json")))
+    return ShardWriteError(cause.errno, f"could not write shard {path} ({type(cause).__name__}: {cause}). {full}"
+                                        f"{free}. {done} finished shard(s) there keep their completion records; a "
+                                        "re-run reuses them and makes only the rest.")
 
 
 def sidecar(path: Path) -> Path:
@@ -91,9 +113,14 @@ def make_shard(task: dict) -> tuple[int, list[dict], bool]:
     side = sidecar(path)
     if side.exists():
         side.unlink()  # the shard is about to change: drop its stale completion marker first
-    write_shard(path, samples(), lq_bit_depth=ctx["lq_bit_depth"], gt_bit_depth=GT_BIT_DEPTH)
-    record = {"fingerprint": fp, "plan": plan, "sha256": file_sha256(path), "rows": rows}
-    atomic_write_bytes(side, json.dumps(record, sort_keys=True).encode("utf-8"))
+    try:
+        write_shard(path, samples(), lq_bit_depth=ctx["lq_bit_depth"], gt_bit_depth=GT_BIT_DEPTH)
+        record = {"fingerprint": fp, "plan": plan, "sha256": file_sha256(path), "rows": rows}
+        atomic_write_bytes(side, json.dumps(record, sort_keys=True).encode("utf-8"))
+    except ShardWriteError:
+        raise
+    except OSError as e:
+        raise shard_write_error(path, e) from e
     return task["index"], json.loads(json.dumps(rows)), True
 
 

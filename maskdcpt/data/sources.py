@@ -275,7 +275,7 @@ def collect_real_pairs(
         :class:`~maskdcpt.imageio.ImageRejected` reason (``corrupt``, ``truncated``, ...).
     """
     from maskdcpt.data.shards import write_shard
-    from maskdcpt.data.synthesize import PAIR_COLUMNS, psnr
+    from maskdcpt.data.pair_recipe import PAIR_COLUMNS, psnr
     from maskdcpt.degradations import get_degradation
     from maskdcpt.imageio import quantize
 

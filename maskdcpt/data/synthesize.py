@@ -33,9 +33,7 @@ parameters writes nothing.
 
 from __future__ import annotations
 
-import functools
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -45,9 +43,10 @@ import pandas as pd
 
 from maskdcpt.data.shard_jobs import (GT_BIT_DEPTH, make_shard, plan_entry, shard_done, shard_tasks,  # noqa: F401
                                       sidecar, synthesis_fingerprint, write_shards)
+from maskdcpt.data.pair_recipe import (PAIR_COLUMNS, SELECT_STREAM, load_photo, make_pair,  # noqa: F401
+                                       pair_frame, pair_seed, photo_table, psnr, regenerate_pair)
 from maskdcpt.data.shards import KEY_PATTERN
-from maskdcpt.degradations import TASKS, degrade, get_degradation
-from maskdcpt.imageio import file_sha256, image_info, quantize, read_image
+from maskdcpt.degradations import TASKS, get_degradation
 
 __all__ = [
     "PAIR_COLUMNS",
@@ -62,81 +61,6 @@ __all__ = [
 ]
 
 #: Manifest columns of both synthesis functions (benchmark adds ``label``).
-PAIR_COLUMNS = [
-    "pair_id", "split", "image_id", "image_sha256", "image_png_sha256", "degradation", "class_index",
-    "params", "seed", "crop_y", "crop_x", "height", "width", "shard", "key", "psnr_lq_gt", "lq_differs",
-    "lq_bit_depth",
-]
-_SELECT_STREAM = 2  # spawn key reserved for photo/crop selection (degrade uses 0 and 1)
-
-
-def pair_seed(seed: int, class_index: int, index: int) -> int:
-    """The training pair seed ``SeedSequence([seed, class_index, index]).generate_state(1)[0]`` (uint32)."""
-    return int(np.random.SeedSequence([int(seed), int(class_index), int(index)]).generate_state(1)[0])
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two float images in [0, 1] (peak 1, float64 MSE over all pixels and channels, no
-    quantisation, no border crop). ``inf`` for identical images."""
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return math.inf if mse == 0.0 else 10.0 * math.log10(1.0 / mse)
-
-
-def _load_photo(path: str) -> np.ndarray:
-    """The prepared photo as float32 (H, W, 3), cached by (path, mtime, size); read-only array."""
-    st = os.stat(path)
-    return _load_cached(str(path), st.st_mtime_ns, st.st_size)
-
-
-@functools.lru_cache(maxsize=32)
-def _load_cached(path: str, mtime_ns: int, size: int) -> np.ndarray:
-    img = read_image(path, max_pixels=None)
-    img.setflags(write=False)
-    return img
-
-
-def _photo_path(row: Mapping[str, Any], prepared_dir: str | os.PathLike | None) -> Path:
-    if prepared_dir is not None:
-        return Path(prepared_dir) / "images" / f"{row['image_id']}.png"
-    if "path" in row and isinstance(row["path"], str) and row["path"]:
-        return Path(row["path"])
-    raise ValueError("images need a 'path' column, or pass prepared_dir")
-
-
-def _table(images: pd.DataFrame, prepared_dir, *, keep_split: str | None, drop_split: str | None) -> list[dict]:
-    if not isinstance(images, pd.DataFrame):
-        images = pd.DataFrame(images)
-    for col in ("image_id", "sha256"):
-        if col not in images.columns:
-            raise ValueError(f"images lacks the column {col!r}")
-    df = images
-    if "split" in df.columns:
-        if keep_split is not None:
-            df = df[df["split"] == keep_split]
-        if drop_split is not None:
-            df = df[df["split"] != drop_split]
-    if df["image_id"].duplicated().any():
-        raise ValueError("images has duplicated image_id values")
-    rows = []
-    for r in df.sort_values("image_id", kind="stable").to_dict("records"):
-        p = _photo_path(r, prepared_dir)
-        if {"width", "height"} <= set(r) and not pd.isna(r["width"]) and not pd.isna(r["height"]):
-            w, h = int(r["width"]), int(r["height"])
-        else:
-            info = image_info(p)
-            w, h = info["width"], info["height"]
-        rows.append({"image_id": str(r["image_id"]), "sha256": str(r["sha256"]),
-                     "png_sha256": r.get("png_sha256"), "path": str(p), "width": w, "height": h})
-    return rows
-
-
-def _pair(gt: np.ndarray, degradation: str, seed: int, params, lq_bit_depth: int):
-    lq, full = degrade(gt, degradation, seed, params=params)
-    stored_lq = quantize(lq, lq_bit_depth)
-    stored_gt = quantize(gt, GT_BIT_DEPTH)
-    return lq, full, psnr(lq, gt), bool(not np.array_equal(stored_lq, stored_gt))
-
-
 def synthesize_training_pairs(
     images: pd.DataFrame,
     classes: Sequence[str],
@@ -203,7 +127,7 @@ def synthesize_training_pairs(
     ctx = {"maker": f"{__name__}:_make_training", "split": split, "crop": int(crop), "lq_bit_depth": int(lq_bit_depth)}
     rows = write_shards(Path(out_dir), split, specs, shard_size, ctx, workers=workers, progress=progress,
                          resume=resume)
-    return _frame(rows, PAIR_COLUMNS)
+    return pair_frame(rows, PAIR_COLUMNS)
 
 
 def plan_training_pairs(
@@ -235,7 +159,7 @@ def plan_training_pairs(
         raise ValueError("pairs_per_class must be >= 0 and crop >= 1")
     if not KEY_PATTERN.fullmatch(split):
         raise ValueError(f"split must match {KEY_PATTERN.pattern}")
-    photos = [r for r in _table(images, prepared_dir, keep_split=None, drop_split="benchmark")
+    photos = [r for r in photo_table(images, prepared_dir, keep_split=None, drop_split="benchmark")
               if min(r["width"], r["height"]) >= crop]
     if pairs_per_class > 0 and not photos:
         raise ValueError(f"no training photo has both sides >= crop={crop}")
@@ -245,7 +169,7 @@ def plan_training_pairs(
             if c in real:
                 continue
             s = pair_seed(seed, ci, i)
-            rng = np.random.default_rng(np.random.SeedSequence(s, spawn_key=(_SELECT_STREAM,)))
+            rng = np.random.default_rng(np.random.SeedSequence(s, spawn_key=(SELECT_STREAM,)))
             photo = photos[int(rng.integers(len(photos)))]
             y = int(rng.integers(0, photo["height"] - crop + 1))
             x = int(rng.integers(0, photo["width"] - crop + 1))
@@ -285,19 +209,19 @@ def synthesize_training_shard(
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     task = dict(tasks[int(k)], force=not resume)
     _, rows, _ = make_shard(task)
-    return len(tasks), _frame(rows, PAIR_COLUMNS)
+    return len(tasks), pair_frame(rows, PAIR_COLUMNS)
 
 
 def _make_training(spec: dict, ctx: dict):
     """One training pair of the plan → ``(shard sample, manifest row)``."""
     split, crop, lq_bit_depth = ctx["split"], ctx["crop"], ctx["lq_bit_depth"]
     photo = spec["photo"]
-    img = _load_photo(photo["path"])
+    img = load_photo(photo["path"])
     if img.shape[:2] != (photo["height"], photo["width"]):
         raise ValueError(f"{photo['path']}: size {img.shape[1]}x{img.shape[0]} differs from the manifest")
     y, x = spec["y"], spec["x"]
     gt = np.ascontiguousarray(img[y:y + crop, x:x + crop])
-    lq, params, p, differs = _pair(gt, spec["c"], spec["seed"], None, lq_bit_depth)
+    lq, params, p, differs = make_pair(gt, spec["c"], spec["seed"], None, lq_bit_depth)
     key = f"{split}-{spec['c']}-{spec['i']:06d}"
     row = {
         "pair_id": key, "split": split, "image_id": photo["image_id"], "image_sha256": photo["sha256"],
@@ -373,7 +297,7 @@ def synthesize_benchmark_pairs(
         raise ValueError(f"entry labels must be unique, got {labels}")
     if max_size is not None and max_size < 16:
         raise ValueError("max_size must be >= 16")
-    photos = _table(images, prepared_dir, keep_split="benchmark", drop_split=None)
+    photos = photo_table(images, prepared_dir, keep_split="benchmark", drop_split=None)
 
     specs = []
     for photo in photos:
@@ -391,17 +315,17 @@ def synthesize_benchmark_pairs(
     ctx = {"maker": f"{__name__}:_make_benchmark", "split": split, "classes": classes, "lq_bit_depth": int(lq_bit_depth)}
     rows = write_shards(Path(out_dir), split, specs, shard_size, ctx, workers=workers, progress=progress,
                          resume=resume)
-    return _frame(rows, PAIR_COLUMNS + ["label", "shard"])
+    return pair_frame(rows, PAIR_COLUMNS + ["label", "shard"])
 
 
 def _make_benchmark(spec: dict, ctx: dict):
     """One benchmark pair → ``(shard sample, manifest row)``."""
     split, classes, lq_bit_depth = ctx["split"], ctx["classes"], ctx["lq_bit_depth"]
     photo, e = spec["photo"], spec["entry"]
-    img = _load_photo(photo["path"])
+    img = load_photo(photo["path"])
     y, x, th, tw = spec["y"], spec["x"], spec["h"], spec["w"]
     gt = np.ascontiguousarray(img[y:y + th, x:x + tw])
-    lq, params, p, differs = _pair(gt, e["degradation"], spec["seed"], e["params"], lq_bit_depth)
+    lq, params, p, differs = make_pair(gt, e["degradation"], spec["seed"], e["params"], lq_bit_depth)
     key = f"{split}-{e['label']}-{photo['image_id']}"
     ci = classes.index(e["degradation"]) if e["degradation"] in classes else -1
     row = {
@@ -415,45 +339,3 @@ def _make_benchmark(spec: dict, ctx: dict):
                                 "crop_y", "crop_x", "label")}
     meta["params"] = params
     return {"key": key, "lq": lq, "gt": gt, "meta": meta}, row
-
-
-def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
-    cols = list(dict.fromkeys(columns + ["shard"]))
-    df = pd.DataFrame(rows, columns=cols)
-    ints = {c: "int64" for c in ("class_index", "seed", "crop_y", "crop_x", "height", "width", "lq_bit_depth")}
-    if len(df):
-        df = df.astype({**ints, "psnr_lq_gt": "float64", "lq_differs": "bool"})
-    return df[[c for c in cols]]
-
-
-def regenerate_pair(
-    row: Mapping[str, Any] | pd.Series,
-    prepared_dir: str | os.PathLike,
-    *,
-    quantized: bool = True,
-    verify: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rebuild a pair from its manifest row and the prepared photo ``prepared_dir/images/<image_id>.png``.
-
-    Returns ``(lq, gt)``, float32 ``(height, width, 3)``. With ``quantized=True`` (default) the LQ is rounded
-    to the row's ``lq_bit_depth`` exactly as the shard stores it, so both arrays equal the shard's decoded
-    ``lq``/``gt`` bit for bit; with ``quantized=False`` the un-quantised float LQ is returned.
-    With ``verify`` the prepared PNG's sha256 is checked against ``image_png_sha256`` when the row has one
-    (``ValueError`` on mismatch).
-    """
-    row = dict(row)
-    path = Path(prepared_dir) / "images" / f"{row['image_id']}.png"
-    want = row.get("image_png_sha256")
-    if verify and isinstance(want, str) and want and file_sha256(path) != want:
-        raise ValueError(f"{path} does not match the manifest's image_png_sha256")
-    img = _load_photo(str(path))
-    y, x, h, w = (int(row[k]) for k in ("crop_y", "crop_x", "height", "width"))
-    gt = np.ascontiguousarray(img[y:y + h, x:x + w])
-    if gt.shape[:2] != (h, w):
-        raise ValueError(f"crop {h}x{w} at ({y}, {x}) does not fit {row['image_id']} {img.shape[:2]}")
-    params = row["params"]
-    params = json.loads(params) if isinstance(params, str) else dict(params)
-    lq, _ = degrade(gt, row["degradation"], int(row["seed"]), params=params)
-    if quantized:
-        lq = quantize(lq, int(row.get("lq_bit_depth", 8)))
-    return lq, gt.copy()

@@ -74,6 +74,16 @@ def build_backbone(arch: str = "nafnet", preset: str | None = "cpu-default", **o
     return _BUILDERS[arch](preset, **overrides)
 
 
+def pad_multiple(arch: str, preset: str | None = None) -> int:
+    """The side multiple (px) an input of backbone ``arch`` / ``preset`` must have (its downsampling factor or
+    window size), read from a copy built on the ``meta`` device (no memory). Raises ``ValueError`` as
+    :func:`build_backbone`."""
+    import torch
+
+    with torch.device("meta"):
+        return int(build_backbone(arch, preset).pad_multiple)
+
+
 def backbone_arch(model: nn.Module) -> str:
     """The :data:`ARCHS` name of a backbone instance. Raises ``ValueError`` for anything else."""
     for arch, cls in _CLASSES.items():

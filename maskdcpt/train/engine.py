@@ -18,15 +18,11 @@ the training configuration, so a changed configuration never resumes stale state
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import hashlib
 import json
 import logging
 import math
-import os
 import shutil
-import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,64 +33,12 @@ import torch
 
 from maskdcpt.atomic import atomic_torch_save, atomic_write_json  # noqa: F401  (atomic_torch_save: re-exported)
 from maskdcpt.layout import to_channels_last
+from maskdcpt.train.distributed import (consolidated_state_dict, deepspeed_config,  # noqa: F401  (re-exported)
+                                        init_distributed, shutdown_distributed)
 from maskdcpt.train.params import DeepSpeedParams, as_group
 
 log = logging.getLogger(__name__)
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def init_distributed(backend: str = "gloo") -> tuple[int, int]:
-    """Initialise ``deepspeed.comm`` once; return ``(rank, world_size)``.
-
-    Without a launcher (no ``RANK`` in the environment) it sets ``RANK=0 WORLD_SIZE=1 LOCAL_RANK=0
-    MASTER_ADDR=127.0.0.1 MASTER_PORT=<free port>``, without which DeepSpeed falls back to MPI discovery and fails
-    (docs/stack.md §2.1).
-    """
-    import deepspeed
-    import deepspeed.comm as dist
-
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
-    if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend)
-    return dist.get_rank(), dist.get_world_size()
-
-
-def shutdown_distributed() -> None:
-    """Barrier then destroy the process group (a clean exit; avoids the stray abort of docs/stack.md §2.3)."""
-    import torch.distributed as tdist
-
-    if tdist.is_available() and tdist.is_initialized():
-        with contextlib.suppress(Exception):
-            tdist.barrier()
-        tdist.destroy_process_group()
-
-
-def deepspeed_config(ds: DeepSpeedParams | Mapping[str, Any], micro_batch: int, grad_clip: float) -> dict[str, Any]:
-    """Build the DeepSpeed config from the ``deepspeed`` params group (a mapping is validated; missing keys take
-    :class:`~maskdcpt.train.params.DeepSpeedParams`' defaults).
-
-    ``train_batch_size = micro_batch x gradient_accumulation_steps x world_size`` is derived by DeepSpeed.
-    Raises ``pydantic.ValidationError`` (a ``ValueError``) for a ZeRO stage outside 0-3 or an unknown key.
-    """
-    ds = as_group(DeepSpeedParams, ds)
-    cfg: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": int(micro_batch),
-        "gradient_accumulation_steps": ds.gradient_accumulation_steps,
-        "zero_optimization": {"stage": ds.zero_stage},
-        "bf16": {"enabled": ds.bf16},
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
-    if grad_clip and grad_clip > 0:
-        cfg["gradient_clipping"] = float(grad_clip)
-    return cfg
 
 
 class CheckpointWriteError(OSError):
@@ -159,11 +103,6 @@ class EMA:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.decay, self.updates = state["decay"], state["updates"]
         self.shadow = {k: v.float().clone() for k, v in state["shadow"].items()}
-
-
-def config_hash(obj: Any) -> str:
-    """A short stable hash of a JSON-serialisable training configuration (keys the checkpoint folder)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def step_generator(seed: int, step: int, rank: int = 0, stream: int = 0) -> torch.Generator:
@@ -427,45 +366,3 @@ def cosine_lambda(steps: int, base_lr: float, eta_min: float) -> Callable[[int],
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return fn
-
-
-def consolidated_state_dict(checkpoint_dir: Path, tag: str | None = None) -> dict[str, Any]:
-    """A consolidated fp32 ``{"params", "params_ema", "step"}`` from a checkpoint folder written by :func:`train`.
-
-    ``params``: for ZeRO stages 1-3 the fp32 master weights gathered from every rank's optimizer partition with
-    ``deepspeed.utils.zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint`` (so a bf16 run yields its fp32
-    masters); for stage 0 (no partitions) the ``module`` weights of ``mp_rank_00_model_states.pt`` cast to
-    float32. ``params_ema``: the EMA shadow saved in the client state (``None`` when training had no EMA; the
-    EMA of a ZeRO-3 run would hold partitioned placeholders and is not supported). Runs offline, in one process,
-    without ``torch.distributed``. Keys are the model's own names (no ``module.`` prefix), so the result loads
-    with :func:`maskdcpt.models.load_backbone_state_dict` (use ``backbone_state_dict`` names for MaskDCPT).
-
-    Args:
-        checkpoint_dir: the ``checkpoint_dir`` given to :func:`train` (holds ``latest`` and ``step*/``).
-        tag: a checkpoint tag (``step40``); default: the one named in ``latest``.
-
-    Raises:
-        FileNotFoundError: no ``latest`` file / tag folder / model-states file.
-    """
-    checkpoint_dir = Path(checkpoint_dir)
-    if tag is None:
-        latest = checkpoint_dir / "latest"
-        if not latest.is_file():
-            raise FileNotFoundError(f"no DeepSpeed checkpoint in {checkpoint_dir} (no 'latest' file)")
-        tag = latest.read_text().strip()
-    folder = checkpoint_dir / tag
-    states = folder / "mp_rank_00_model_states.pt"
-    if not states.is_file():
-        raise FileNotFoundError(f"checkpoint {folder} has no {states.name}")
-    meta = torch.load(states, map_location="cpu", weights_only=False)
-    if any(folder.glob("*zero_pp_rank_*_optim_states.pt")):
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        params = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
-        params = {k: v.float() for k, v in params.items()}
-    else:
-        params = {k: v.detach().float().clone() for k, v in meta["module"].items()}
-    ema = meta.get("ema")
-    return {"params": params, "params_ema": (ema or {}).get("shadow"), "step": meta.get("step"), "tag": tag}
-
-

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -104,6 +105,7 @@ def photos_frame(root: Path) -> pd.DataFrame:
 
 
 def checkpoint_dir(root: Path, stage: str, key: Any) -> Path:
-    from maskdcpt.train.engine import config_hash
-
-    return root / ".cache" / "checkpoints" / stage / config_hash(key)
+    """``.cache/checkpoints/<stage>/<12 hex digits>``: keyed by a stable hash of the JSON-able training
+    configuration ``key``, so a changed configuration never resumes stale state."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return root / ".cache" / "checkpoints" / stage / digest

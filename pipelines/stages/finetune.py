@@ -19,7 +19,7 @@ def finetune(params: dict[str, Any], root: Path, variant: str) -> dict[str, Any]
     import mlflow
 
     from maskdcpt.data.stream import split_index, train_loader
-    from maskdcpt.train.engine import shutdown_distributed
+    from maskdcpt.train.distributed import shutdown_distributed
     from maskdcpt.train.finetune import run_finetune
 
     variants = params["finetune"]["variants"]

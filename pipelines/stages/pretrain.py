@@ -19,7 +19,7 @@ def pretrain(params: dict[str, Any], root: Path) -> dict[str, Any]:
     import mlflow
 
     from maskdcpt.data.stream import split_index, train_loader
-    from maskdcpt.train.engine import shutdown_distributed
+    from maskdcpt.train.distributed import shutdown_distributed
     from maskdcpt.train.pretrain import run_pretrain
 
     manifest = pd.read_parquet(root / PAIRS / "manifest.parquet")

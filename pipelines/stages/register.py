@@ -30,7 +30,8 @@ def register(params: dict[str, Any], root: Path) -> dict[str, Any]:
     from maskdcpt.eval.benchmark import evaluate_variants, summarize
     from pipelines.gx_suites import failure_summary
     from maskdcpt.serving import log_pyfunc_model
-    from pipelines.registry import champion_version, decide, load_registered_network, record_weights
+    from pipelines.registry import (champion_version, decide, finish_version, load_registered_network,
+                                    record_weights, register_version, remove_abandoned_versions)
     from pipelines.tracking import end_pipeline
 
     r = params["register"]
@@ -40,6 +41,10 @@ def register(params: dict[str, Any], root: Path) -> dict[str, Any]:
     challenger = {lab: result["maskdcpt"][lab]["psnr"] for lab in [*main, "mean"]}
     bench_id = file_digest(root / PAIRS / "manifest.parquet")
     client = mlflow.MlflowClient()
+    abandoned = remove_abandoned_versions(client, name)
+    if abandoned:
+        print(f"[maskdcpt] register: deleted version(s) {', '.join(abandoned)} of {name}, left half-registered by "
+              "an interrupted register stage (no alias pointed at them)")
     previous = champion_version(client, name)
     champion = None
     if previous is not None:
@@ -51,8 +56,8 @@ def register(params: dict[str, Any], root: Path) -> dict[str, Any]:
         champ_eval = summarize(evaluate_variants({"champion": champ_net}, pairs), main)
         champion = {lab: champ_eval["champion"][lab]["psnr"] for lab in [*main, "mean"]}
     checkpoint = root / FINETUNED / "maskdcpt" / "model.pt"
-    info = log_pyfunc_model(checkpoint, registered_model_name=name)
-    version = str(info.registered_model_version)
+    info = log_pyfunc_model(checkpoint)
+    version = register_version(client, info.model_uri, name)
     weights = record_weights(client, name, version, source=checkpoint)  # before any alias points at it
     client.set_registered_model_alias(name, "challenger", version)
     promote, reason = decide(challenger, champion, float(r["min_gain_db"]), float(r["max_drop_db"]))
@@ -68,11 +73,13 @@ def register(params: dict[str, Any], root: Path) -> dict[str, Any]:
         client.set_model_version_tag(name, version, k, v)
     if promote:
         client.set_registered_model_alias(name, "champion", version)
+    finish_version(client, name, version)
     decision = {"model_name": name, "version": version, "promoted": promote, "reason": reason,
                 "challenger_psnr": challenger, "champion_psnr_before": champion,
                 "champion_version_before": tags["champion_version_before"],
                 "champion_version": version if promote else (str(previous.version) if previous is not None else None),
-                "model_uri": f"models:/{name}@champion", "benchmark_id": bench_id, "weights_sha256": weights}
+                "model_uri": f"models:/{name}@champion", "benchmark_id": bench_id, "weights_sha256": weights,
+                "removed_abandoned_versions": abandoned}
     write_json(root / REGISTER_REPORT, decision)
     mlflow.log_dict(decision, "register/decision.json")
     mlflow.set_tags({"decision": tags["decision"], "registered_version": version})

@@ -41,7 +41,7 @@ def training_pairs(preset_params: Mapping[str, Any], out_dir: str | os.PathLike,
 
     from maskdcpt.data.photos import _slug
     from maskdcpt.data.shards import write_shard
-    from maskdcpt.data.synthesize import PAIR_COLUMNS, psnr
+    from maskdcpt.data.pair_recipe import PAIR_COLUMNS, psnr
     from maskdcpt.degradations import TASKS
     from maskdcpt.imageio import file_sha256, quantize
 
