@@ -148,7 +148,13 @@ def record_versions(root: str) -> dict[str, Any]:
     if remote.returncode == 0 and remote.stdout.strip():
         proc = subprocess.run([sys.executable, "-m", "dvc", "push"], cwd=root, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"dvc push failed: {(proc.stdout + proc.stderr).strip()[-2000:]}")
+            # DVC's own message names the failed operation, not where it was pushing to
+            url = subprocess.run([sys.executable, "-m", "dvc", "remote", "list"], cwd=root, capture_output=True,
+                                 text=True).stdout
+            where = next((ln.split()[1] for ln in url.splitlines()
+                          if len(ln.split()) > 1 and ln.split()[0] == remote.stdout.strip()), "?")
+            raise RuntimeError(f"dvc push to remote {remote.stdout.strip()!r} ({where}) failed: "
+                               f"{(proc.stdout + proc.stderr).strip()[-2000:]}")
         pushed = remote.stdout.strip()
         logger.info("pushed to DVC remote %s", pushed)
     else:
@@ -173,7 +179,8 @@ def _acquire_project_lock(root: Path, timeout_s: float):
         lock.acquire(timeout=0)
     except Timeout:
         who = holder.read_text() if holder.is_file() else "unknown"
-        print(f"[maskdcpt] another retraining flow holds {path} ({who}); waiting up to {timeout_s:.0f} s")
+        # a warning: the console shows warnings and errors of a flow run (PREFECT_LOGGING_LEVEL), and so does the UI
+        get_run_logger().warning("another retraining flow holds %s (%s); waiting up to %.0f s", path, who, timeout_s)
         try:
             lock.acquire(timeout=timeout_s)
         except Timeout:
@@ -222,7 +229,21 @@ def _retrain_locked(root: Path) -> dict[str, Any]:
         status = "FINISHED"
         return summary
     finally:
+        _end_orphaned_stage_runs(client, exp_id, parent_id)
         client.set_terminated(parent_id, status)
+
+
+def _end_orphaned_stage_runs(client, exp_id: str, parent_id: str) -> None:
+    """Mark FAILED the stage runs under ``parent_id`` still RUNNING: attempts that died without ending their run
+    (killed, or the tracking server was away when they failed) and that a task retry replaced."""
+    try:
+        runs = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'")
+    except Exception as exc:  # noqa: BLE001 - best effort: never mask the flow's own outcome
+        get_run_logger().warning("could not look for unfinished stage runs: %s: %s", type(exc).__name__, exc)
+        return
+    for run in runs:
+        client.set_terminated(run.info.run_id, "FAILED")
+        client.set_tag(run.info.run_id, "maskdcpt.ended_by", "retraining flow: the attempt died without ending its run")
 
 
 def _publish_artifacts(root: Path, results: list[dict[str, Any]], parent_id: str) -> None:

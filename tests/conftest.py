@@ -77,8 +77,9 @@ def make_project(dest: Path, overrides: dict | None = None, dvc: bool = True) ->
     return dest
 
 
-def run_stage(project: Path, stage: str, *extra: str, prefect: bool = False, check: bool = True):
-    env = project_env(project)
+def run_stage(project: Path, stage: str, *extra: str, prefect: bool = False, check: bool = True,
+              env: dict[str, str] | None = None):
+    env = {**project_env(project), **(env or {})}
     env["MASKDCPT_PREFECT"] = "1" if prefect else "0"
     proc = subprocess.run([sys.executable, "-m", "pipelines.stage", stage, *extra], cwd=project, env=env,
                           capture_output=True, text=True, timeout=900)

@@ -169,6 +169,9 @@ def download_s3_prefix(uri: str, cache_dir: str | os.PathLike, *, client=None, e
             except (ClientError, BotoCoreError, OSError) as e:
                 failures.append({"key": key, "uri": f"s3://{bucket}/{key}", "reason": "download_failed",
                                  "detail": f"{type(e).__name__}: {e}"})
+                # an older copy of a changed object must not stand in for it
+                index.pop(key, None)
+                dest.unlink(missing_ok=True)
                 continue
             index[key] = {"size": obj["size"], "etag": obj["etag"]}
         files.append({"key": key, "uri": f"s3://{bucket}/{key}", "path": str(dest), "size": obj["size"],

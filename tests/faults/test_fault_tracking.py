@@ -57,7 +57,7 @@ def test_tracking_server_outage_mid_stage_then_the_flow_retry_completes(tmp_path
         assert rc == 0, text[-6000:]
         summary = json.loads(text[text.index("{\n"):])
         assert {s["stage"] for s in summary["stages"] if s["ran"]} >= {"pretrain", "register"}
-        retried = "Retry 1/" in text or "AwaitingRetry" in text
+        assert "Connection refused" in text   # the stage really lost its server
         client = mlflow.MlflowClient(tracking_uri=server.url, registry_uri=server.url)
         versions = client.search_model_versions("name = 'maskdcpt-nafnet-5d'")
         assert [str(v.version) for v in versions] == ["1"], [v.version for v in versions]
@@ -65,8 +65,12 @@ def test_tracking_server_outage_mid_stage_then_the_flow_retry_completes(tmp_path
         assert client.get_model_version_by_alias("maskdcpt-nafnet-5d", "champion").version == versions[0].version
         exp = client.get_experiment_by_name("maskdcpt")
         stage_runs = client.search_runs([exp.experiment_id], "tags.mlflow.runName = 'pretrain'")
-        finished = [r for r in stage_runs if r.info.status == "FINISHED"]
-        assert finished, [r.info.status for r in stage_runs]
+        # the attempt that lost the server could not end its run; the retry's run finished, and the flow marked
+        # the orphan FAILED (no run is left RUNNING)
+        statuses = sorted(r.info.status for r in stage_runs)
+        assert statuses.count("FINISHED") == 1 and "FAILED" in statuses and set(statuses) <= {"FAILED", "FINISHED"}, \
+            statuses
+        assert all(r.info.status != "RUNNING" for r in client.search_runs([exp.experiment_id]))
         status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=project, env=env, capture_output=True,
                                 text=True, timeout=300)
         assert "up to date" in status.stdout.lower(), status.stdout + status.stderr
@@ -74,7 +78,6 @@ def test_tracking_server_outage_mid_stage_then_the_flow_retry_completes(tmp_path
         if flow.poll() is None:
             flow.kill()
         server.stop()
-    record_property("measured", f"server down {back_after:.1f} s during pretrain; "
-                                f"{'the stage failed and the Prefect task retry re-ran it' if retried else 'the stage waited'}"
-                                f"; pretrain runs in MLflow: {sorted(r.info.status for r in stage_runs)}; "
-                                "one registered version, complete")
+    record_property("measured", f"server down {back_after:.1f} s during pretrain: the stage failed (connection "
+                                f"refused), the Prefect task retry re-ran it; pretrain runs in MLflow: {statuses}; one "
+                                "registered version, complete")

@@ -255,9 +255,16 @@ def resolve_location(location: str | os.PathLike, cache_dir: str | os.PathLike =
 
     Raises ``BenchmarkMissing`` when the prefix holds no object, ``ValueError`` for a malformed URI.
     """
+    return mirror_location(location, cache_dir, endpoint_url, client)[0]
+
+
+def mirror_location(location: str | os.PathLike, cache_dir: str | os.PathLike = ".cache/benchmarks",
+                    endpoint_url: str | None = None, client=None) -> tuple[Path, list[dict]]:
+    """:func:`resolve_location` plus the objects that could not be fetched
+    (``[{"key", "uri", "reason", "detail"}]``, :func:`maskdcpt.data.sources.download_s3_prefix`)."""
     text = str(location)
     if not text.startswith("s3://"):
-        return Path(text).expanduser()
+        return Path(text).expanduser(), []
     from maskdcpt.data.sources import download_s3_prefix, parse_s3_uri
 
     bucket, prefix = parse_s3_uri(text)
@@ -268,7 +275,7 @@ def resolve_location(location: str | os.PathLike, cache_dir: str | os.PathLike =
     if not files:
         detail = f" ({len(failures)} downloads failed: {failures[0]['detail']})" if failures else ""
         raise BenchmarkMissing(f"no objects under {text}{detail}")
-    return Path(cache_dir) / bucket / prefix
+    return Path(cache_dir) / bucket / prefix, failures
 
 
 def load_benchmark(name: str, location: str | os.PathLike, *, limit: int | None = None,
@@ -292,8 +299,11 @@ def load_benchmark(name: str, location: str | os.PathLike, *, limit: int | None 
     """
     spec = _spec(name)
     opts = {**spec.options, **(options or {})}
-    root = resolve_location(location, cache_dir, endpoint_url, client)
+    root, failed = mirror_location(location, cache_dir, endpoint_url, client)
     entries, rej = _list(spec, root, opts)
+    # an object that could not be fetched is a rejection naming it, never a silently missing file
+    rej = [*({"dataset": spec.name, "id": None, "lq_path": None, "gt_path": None, "reason": f["reason"],
+              "detail": f"{f['uri']}: {f['detail']}"} for f in failed), *rej]
     if limit is not None:
         entries = entries[: max(0, int(limit))]
     return BenchmarkPairs(spec, root, opts, entries, rej)
