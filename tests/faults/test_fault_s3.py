@@ -11,7 +11,7 @@ import boto3
 import pandas as pd
 import pytest
 
-from conftest import make_project, project_env, run_stage
+from conftest import REPO, make_project, project_env, run_stage
 from s3_fault_proxy import FaultProxy, every_other
 
 pytestmark = pytest.mark.slow
@@ -28,13 +28,19 @@ def proxy(moto):
 
 
 @pytest.fixture(scope="module")
-def photos(moto):
+def bucket(moto):
+    """The module's bucket on moto (each scenario may run alone)."""
+    boto3.client("s3", endpoint_url=moto.url).create_bucket(Bucket=BUCKET)
+    return BUCKET
+
+
+@pytest.fixture(scope="module")
+def photos(moto, bucket):
     """Four training and two benchmark photos from the installed packages, uploaded straight to moto (not
     through the proxy) under ``s3://faulty/clean/``; ``{key: sha256}`` and the benchmark stems."""
     from maskdcpt.data.photos import collect_packaged_photos
 
     s3 = boto3.client("s3", endpoint_url=moto.url)
-    s3.create_bucket(Bucket=BUCKET)
     sources, _ = collect_packaged_photos()
     chosen = [s for s in sources if s.split == "train"][:4] + [s for s in sources if s.split == "benchmark"][:2]
     keys = {}
@@ -109,7 +115,7 @@ def _dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
 @pytest.mark.fault(fault="S3 503, SlowDown and connection resets, then a permanent 403",
                    where="dvc push / dvc pull (S3 remote)",
                    outcome="recovered: push and pull complete, files identical; the 403 fails the push clearly")
-def test_dvc_push_and_pull_survive_transient_faults_and_report_a_403(proxy, moto, tmp_path, record_property):
+def test_dvc_push_and_pull_survive_transient_faults_and_report_a_403(proxy, moto, bucket, tmp_path, record_property):
     repo = tmp_path / "repo"
     repo.mkdir()
     env = project_env(repo)
@@ -144,12 +150,27 @@ def test_dvc_push_and_pull_survive_transient_faults_and_report_a_403(proxy, moto
     out = denied.stdout + denied.stderr
     assert denied.returncode != 0
     assert "403" in out or "Forbidden" in out or "AccessDenied" in out or "Access Denied" in out, out[-3000:]
+    # DVC's message names neither bucket nor key; the retraining flow's push names the remote and its URL
+    flow = subprocess.run([sys.executable, "-c", (
+        "from prefect import flow\n"
+        "from pipelines.flows import record_versions\n"
+        "@flow\n"
+        "def push():\n"
+        "    return record_versions.with_options(retries=0)('.')\n"
+        "try:\n"
+        "    push()\n"
+        "except RuntimeError as e:\n"
+        "    print('PUSH-ERROR', e)\n")], cwd=repo, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True,
+        text=True, timeout=600)
+    assert f"PUSH-ERROR dvc push to remote 'store' (s3://{BUCKET}/dvcstore) failed" in flow.stdout, \
+        flow.stdout[-2000:] + flow.stderr[-3000:]
     record_property("measured", f"push: {dict(pushed)}; pull: {dict(pulled)}; 403 push exit {denied.returncode}: "
-                                + next((ln.strip() for ln in out.splitlines() if "ERROR" in ln), out.strip()[-120:])[:160])
+                                + next((ln.strip() for ln in out.splitlines() if "ERROR" in ln), out.strip()[-120:])[:120]
+                                + f"; in the flow: dvc push to remote 'store' (s3://{BUCKET}/dvcstore) failed")
 
 
 @pytest.fixture(scope="module")
-def training_sets(moto):
+def training_sets(moto, bucket):
     """A rain set (Rain100L layout, 2 matched pairs) and a low-light set (LOL layout, 2 pairs) uploaded straight
     to moto under ``s3://faulty/sets/``; ``{key: sha256}``."""
     import tempfile
