@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
-from maskdcpt.imageio import DEFAULT_MAX_PIXELS, ImageRejected, image_rejected
+from maskdcpt.imageio import DEFAULT_MAX_PIXELS, ImageRejected, check_file
 
 __all__ = ["read_image_array"]
 
@@ -29,11 +28,7 @@ def read_image_array(
     Raises :class:`ImageRejected` (``not_found``, ``empty_file``, ``bad_array``, ``too_many_pixels``,
     ``too_small``, ``non_finite``).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise image_rejected("not_found", "no such file", path)
-    if path.stat().st_size == 0:
-        raise image_rejected("empty_file", "file has zero bytes", path)
+    path = check_file(path)
     try:
         loaded = np.load(path, allow_pickle=False, mmap_mode=None)
         if isinstance(loaded, np.lib.npyio.NpzFile):
@@ -42,23 +37,23 @@ def read_image_array(
                 if key is None:
                     key = names[0] if len(names) == 1 else ("image" if "image" in names else None)
                 if key is None or key not in names:
-                    raise image_rejected("bad_array", f"choose one of the arrays {names} with key=", path)
+                    raise ImageRejected("bad_array", f"choose one of the arrays {names} with key=", path)
                 arr = loaded[key]
         else:
             arr = loaded
     except ImageRejected:
         raise
     except (ValueError, OSError, EOFError) as e:
-        raise image_rejected("bad_array", f"not a loadable .npy/.npz: {e}", path) from e
+        raise ImageRejected("bad_array", f"not a loadable .npy/.npz: {e}", path) from e
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
-        raise image_rejected("bad_array", f"expected (H, W[, 1|3|4]) array, got shape {arr.shape}", path)
+        raise ImageRejected("bad_array", f"expected (H, W[, 1|3|4]) array, got shape {arr.shape}", path)
     h, w = arr.shape[:2]
     if max_pixels is not None and h * w > max_pixels:
-        raise image_rejected("too_many_pixels", f"{w}x{h} > max_pixels={max_pixels}", path)
+        raise ImageRejected("too_many_pixels", f"{w}x{h} > max_pixels={max_pixels}", path)
     if min(h, w) < min_size:
-        raise image_rejected("too_small", f"{w}x{h}: shorter side < min_size={min_size}", path)
+        raise ImageRejected("too_small", f"{w}x{h}: shorter side < min_size={min_size}", path)
     if arr.dtype == np.uint8:
         f = arr.astype(np.float32) / np.float32(255)
     elif arr.dtype == np.uint16:
@@ -68,10 +63,10 @@ def read_image_array(
     elif arr.dtype.kind == "f":
         f = arr.astype(np.float32)
         if not np.all(np.isfinite(f)):
-            raise image_rejected("non_finite", "array contains NaN or inf", path)
+            raise ImageRejected("non_finite", "array contains NaN or inf", path)
         f = np.clip(f, 0.0, 1.0)
     else:
-        raise image_rejected("bad_array", f"unsupported dtype {arr.dtype}", path)
+        raise ImageRejected("bad_array", f"unsupported dtype {arr.dtype}", path)
     if f.ndim == 2:
         f = np.repeat(f[..., None], 3, axis=2)
     elif f.shape[2] == 4:

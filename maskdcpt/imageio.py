@@ -98,8 +98,14 @@ class ImageRejected(ValueError):
 # reading
 
 
-def image_rejected(reason: str, message: str, path) -> ImageRejected:
-    return ImageRejected(reason, message, path)
+def check_file(path: str | os.PathLike) -> Path:
+    """``path`` as a ``Path``; raises :class:`ImageRejected` ``not_found`` / ``empty_file`` before any decoding."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageRejected("not_found", "no such file", path)
+    if path.stat().st_size == 0:
+        raise ImageRejected("empty_file", "file has zero bytes", path)
+    return path
 
 
 def _tiff_size(data: bytes) -> tuple[int, int] | None:
@@ -243,11 +249,7 @@ def image_info(path: str | os.PathLike) -> dict:
     """
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
-    if not path.is_file():
-        raise image_rejected("not_found", "no such file", path)
-    if path.stat().st_size == 0:
-        raise image_rejected("empty_file", "file has zero bytes", path)
+    path = check_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -256,9 +258,9 @@ def image_info(path: str | os.PathLike) -> dict:
                 orientation = im.getexif().get(0x0112)
                 mode, fmt = im.mode, im.format
     except Image.DecompressionBombError as e:
-        raise image_rejected("too_many_pixels", str(e), path) from e
+        raise ImageRejected("too_many_pixels", str(e), path) from e
     except UnidentifiedImageError as e:
-        raise image_rejected("not_an_image", "Pillow cannot identify this file", path) from e
+        raise ImageRejected("not_an_image", "Pillow cannot identify this file", path) from e
     if orientation in (5, 6, 7, 8):
         w, h = h, w
     return {"width": w, "height": h, "mode": mode, "format": fmt, "orientation": orientation}
@@ -308,36 +310,36 @@ def read_image(
 
     path = Path(path)
     if not path.is_file():
-        raise image_rejected("not_found", "no such file", path)
+        raise ImageRejected("not_found", "no such file", path)
     size = path.stat().st_size
     if size == 0:
-        raise image_rejected("empty_file", "file has zero bytes", path)
+        raise ImageRejected("empty_file", "file has zero bytes", path)
     with open(path, "rb") as f:
         data = f.read()
 
     def check_size(w: int, h: int) -> None:
         if max_pixels is not None and w * h > max_pixels:
-            raise image_rejected("too_many_pixels", f"{w}x{h} = {w * h} pixels > max_pixels={max_pixels}", path)
+            raise ImageRejected("too_many_pixels", f"{w}x{h} = {w * h} pixels > max_pixels={max_pixels}", path)
         if min(w, h) < min_size:
-            raise image_rejected("too_small", f"{w}x{h}: shorter side < min_size={min_size}", path)
+            raise ImageRejected("too_small", f"{w}x{h}: shorter side < min_size={min_size}", path)
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
-        raise image_rejected("too_many_pixels", str(e), path) from e
+        raise ImageRejected("too_many_pixels", str(e), path) from e
     except UnidentifiedImageError as e:
         tsize = _tiff_size(data)
         if tsize is None:
-            raise image_rejected("not_an_image", "Pillow cannot identify this file", path) from e
+            raise ImageRejected("not_an_image", "Pillow cannot identify this file", path) from e
         # A TIFF layout Pillow cannot hold (e.g. float32 RGB): size-check, then OpenCV.
         check_size(*tsize)
         arr = _cv2_decode(data, path)
         out = _from_cv2_checked(arr, path)
         return (out, f"cv2:{arr.dtype}x{arr.shape[2] if arr.ndim == 3 else 1}") if return_mode else out
     except (OSError, SyntaxError, ValueError, struct.error) as e:
-        raise image_rejected("corrupt", f"header could not be parsed: {e}", path) from e
+        raise ImageRejected("corrupt", f"header could not be parsed: {e}", path) from e
 
     with im:
         w, h = im.size
@@ -356,11 +358,11 @@ def read_image(
             try:
                 im.load()
             except Image.DecompressionBombError as e:
-                raise image_rejected("too_many_pixels", str(e), path) from e
+                raise ImageRejected("too_many_pixels", str(e), path) from e
             except (OSError, SyntaxError, ValueError, struct.error, EOFError) as e:
                 msg = str(e)
                 reason = "truncated" if "truncat" in msg.lower() or isinstance(e, EOFError) else "corrupt"
-                raise image_rejected(reason, f"decoding failed: {msg}", path) from e
+                raise ImageRejected(reason, f"decoding failed: {msg}", path) from e
             try:
                 oriented = ImageOps.exif_transpose(im)
             except Exception:
@@ -368,9 +370,9 @@ def read_image(
             try:
                 out = _pil_to_array(oriented)
             except ValueError as e:
-                raise image_rejected("non_finite", "float image contains NaN or inf", path) from e
+                raise ImageRejected("non_finite", "float image contains NaN or inf", path) from e
             except TypeError as e:
-                raise image_rejected("unsupported_mode", str(e), path) from e
+                raise ImageRejected("unsupported_mode", str(e), path) from e
     return (out, mode) if return_mode else out
 
 
@@ -379,7 +381,7 @@ def _cv2_decode(data: bytes, path) -> np.ndarray:
 
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
-        raise image_rejected("truncated", "OpenCV could not decode the (high bit depth) image data", path)
+        raise ImageRejected("truncated", "OpenCV could not decode the (high bit depth) image data", path)
     return arr
 
 
@@ -387,9 +389,9 @@ def _from_cv2_checked(arr: np.ndarray, path) -> np.ndarray:
     try:
         return _from_cv2(arr)
     except ValueError as e:
-        raise image_rejected("non_finite", "float image contains NaN or inf", path) from e
+        raise ImageRejected("non_finite", "float image contains NaN or inf", path) from e
     except TypeError as e:
-        raise image_rejected("unsupported_mode", str(e), path) from e
+        raise ImageRejected("unsupported_mode", str(e), path) from e
 
 
 # --------------------------------------------------------------------------------------------------
