@@ -59,12 +59,9 @@ _REGISTRY_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<v
 
 
 from maskdcpt.models.checkpoints import (  # noqa: E402  - the one checkpoint loader (moved there)
-    _count,
     build_restorer,
-    detect_arch,
     infer_nafnet_config,
     load_checkpoint_state,
-    strip_prefixes as _strip,
 )
 
 

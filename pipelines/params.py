@@ -22,7 +22,9 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from maskdcpt.config import (deep_merge, find_root, flatten, read_preset, read_yaml_mapping, set_dotted,
                              strip_replace_marks)
-# the training groups live beside the trainers that read them; the rest of the file's groups are defined here
+# the training groups live beside the trainers that read them, the training/test set groups beside their loaders;
+# the rest of the file's groups are defined here
+from maskdcpt.data.testsets.params import TestSetsParams, TrainingSetsParams
 from maskdcpt.train.params import (Band, DeepSpeedParams, FinetuneParams, Group, ModelParams, NonNegFloat,
                                    NonNegInt, PosFloat, PosInt, PretrainParams, Real)
 
@@ -160,43 +162,6 @@ class TrackingParams(Group):
     experiment: str = "maskdcpt"
 
 
-class TrainingSet(Group):
-    layout: str
-    path: str = ""
-    class_: str = Field(alias="class")
-    repeat: PosInt = 1
-    sigmas: list[int] | None = None
-    options: dict[str, Any] = {}
-
-
-class TrainingSetsParams(Group):
-    """The paper's training sets as real pairs (a preset names them); absent: synthetic pairs only."""
-
-    root: str = ""
-    cache_dir: str = ".cache/benchmarks"
-    mode: Literal["crop", "whole"] = "crop"
-    crop: PosInt = 256
-    shard_size: PosInt = 256
-    sets: dict[str, TrainingSet] = {}
-
-
-class BenchmarkSet(Group):
-    path: str = ""
-    options: dict[str, Any] = {}
-
-
-class PublicBenchmarksParams(Group):
-    """The public test sets of ``maskdcpt benchmark`` (a preset names them)."""
-
-    root: str = ""
-    cache_dir: str = ".cache/benchmarks"
-    s3_endpoint_url: str = ""
-    weights: Literal["params_ema", "params"] = "params_ema"
-    protocol: dict[str, str] = {}
-    tables: list[str] = ["table1"]
-    sets: dict[str, BenchmarkSet] = {}
-
-
 class Params(Group):
     """The whole of params.yaml. Cross-field rules: benchmark entries and PSNR-band keys are task classes
     (benchmark entries may be ``unseen: true``), the training crop is a multiple of the backbone's padding
@@ -218,7 +183,7 @@ class Params(Group):
     data: DataParams = DataParams()
     study: StudyParams = StudyParams()
     training_sets: TrainingSetsParams | None = None
-    benchmarks: PublicBenchmarksParams | None = None
+    test_sets: TestSetsParams | None = None
 
     def classes(self) -> list[str]:
         """The task's ordered class list (the classifier's labels)."""
@@ -358,7 +323,7 @@ def load_params(path: str | os.PathLike | None = None, overrides: dict[str, Any]
     out = typed.model_dump(by_alias=True, mode="python")
     out["task"]["classes"] = typed.classes()
     out["register"]["model_name"] = typed.register_.model_name or default_model_name(typed)
-    for group in ("training_sets", "benchmarks"):
+    for group in ("training_sets", "test_sets"):
         if out.get(group) is None:
             out.pop(group, None)
     return out

@@ -1,4 +1,4 @@
-"""Benchmark of the streaming training data (maskdcpt.data.stream) and of the engine's own overhead.
+"""Memory and speed of the streaming training data (maskdcpt.data.stream) and of the engine's own overhead.
 
 usage: python scripts/bench_data.py [--json [FILE]] [--quick] [--sizes 2000 40000] [--steps 100]
 

@@ -1,4 +1,4 @@
-"""Benchmark of the degradation synthesis: pairs/s per type at 256×256 with 1 and 2 worker processes, and the
+"""Speed of the degradation synthesis: pairs/s per type at 256×256 with 1 and 2 worker processes, and the
 PSNR(LQ, GT) band of every type.
 
     .venv/bin/python scripts/bench_synthesis.py [--pairs 60] [--crop 256] [--bands 50] [--types a,b]

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not torch.cuda.is_available():
         print("bench_training_gpu.py: no CUDA device available (torch.cuda.is_available() is False); this "
-              "benchmark needs an NVIDIA GPU with the nccl backend. Use scripts/bench_training.py on CPU.",
+              "this measurement needs an NVIDIA GPU with the nccl backend. Use scripts/bench_training.py on CPU.",
               file=sys.stderr)
         return 2
 

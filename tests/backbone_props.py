@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from maskdcpt.losses import maskdcpt_loss
-from maskdcpt.models import MaskDCPTModel, build_backbone, expand_mask, param_groups, random_patch_mask
+from maskdcpt.models import build_backbone, expand_mask, param_groups, random_patch_mask
 
 
 def randomize_(model: torch.nn.Module, seed: int = 1) -> None:

@@ -70,6 +70,7 @@ def make_project(dest: Path, overrides: dict | None = None, dvc: bool = True) ->
         env = project_env(dest)
         subprocess.run(["git", "init", "-q"], cwd=dest, check=True, env=env)
         subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=dest, check=True, env=env)
+        shutil.copy(REPO / ".dvcignore", dest / ".dvcignore")
         subprocess.run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], cwd=dest, check=True,
                        env=env)
         subprocess.run(["git", "add", "-A"], cwd=dest, check=True, env=env)
@@ -217,3 +218,41 @@ def cached_out_hashes(project: Path) -> dict[str, dict[str, str]]:
     return {stage: {o["path"]: o["md5"] for o in spec.get("outs", [])
                     if any(re.fullmatch(pat, o["path"]) for pat in cached[stage.split("@")[0]])}
             for stage, spec in lock.items()}
+
+
+def benchmark_scores(project: Path) -> dict:
+    """The benchmark metrics without the run's provenance (host facts), and the per-image table."""
+    import json
+
+    metrics = json.loads((project / "metrics/benchmark.json").read_text())
+    metrics.pop("provenance", None)
+    return {"metrics": metrics, "per_image": (project / "reports/evaluate/per_image.csv").read_text()}
+
+
+def timed_repro(project: Path) -> tuple[dict[str, float], str]:
+    """`dvc repro` of the whole pipeline, timing each stage from its "Running stage" line to the next one.
+
+    Returns ``({stage: seconds}, output)``. Raises AssertionError when DVC fails.
+    """
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=project, env=project_env(project),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = [(time.monotonic(), line.rstrip("\n")) for line in proc.stdout]
+    rc = proc.wait(timeout=1500)
+    assert rc == 0, "\n".join(x for _, x in lines[-60:])
+    end = time.monotonic()
+    marks = [(t, line.split("'")[1]) for t, line in lines if line.startswith("Running stage '")]
+    took = {name: (marks[i + 1][0] if i + 1 < len(marks) else end) - t for i, (t, name) in enumerate(marks)}
+    return took, "\n".join(x for _, x in lines)
+
+
+@pytest.fixture(scope="session")
+def reference_repro(tmp_path_factory) -> dict:
+    """One uninterrupted `dvc repro` of the tiny project, shared by the end-to-end test (which goes on changing
+    that project) and the kill test (which compares with the snapshot taken here): ``project``, ``stage_times``,
+    ``output``, ``outs`` (:func:`cached_out_hashes`) and ``scores`` (:func:`benchmark_scores`)."""
+    project = make_project(tmp_path_factory.mktemp("reference") / "proj")
+    took, output = timed_repro(project)
+    return {"project": project, "stage_times": took, "output": output, "outs": cached_out_hashes(project),
+            "scores": benchmark_scores(project)}

@@ -228,21 +228,21 @@ def test_every_backbone_restores_classifies_and_summarises_from_the_cli(arch, tm
     doc = json.loads(capsys.readouterr().out)
     assert code == 0 and math.isclose(sum(doc["results"][0]["probabilities"].values()), 1.0, abs_tol=1e-5)
 
-    # maskdcpt benchmark on a public-test-set layout (CBSD68 sigma 25), the same file recognised again
+    # maskdcpt paper-eval on a public-test-set layout (CBSD68 sigma 25), the same file recognised again
     import pandas as pd
 
     from maskdcpt import metrics
-    from maskdcpt.data.testsets import load_benchmark
+    from maskdcpt.data.testsets import load_test_set
     from maskdcpt.eval.benchmark import restore_array
-    from test_benchmarks import make_5d_root
+    from test_test_sets import make_5d_root
 
     root = tmp_path / "bench"
     make_5d_root(root, gopro=False)
-    assert main(["benchmark", "--root", str(root), "--model", str(path), "--out", str(tmp_path / "bench_out"),
+    assert main(["paper-eval", "--root", str(root), "--model", str(path), "--out", str(tmp_path / "bench_out"),
                  "--device", "cpu", "--only", "cbsd68"]) == 0, capsys.readouterr().err
     capsys.readouterr()
     per = pd.read_csv(tmp_path / "bench_out" / "per_image.csv")
-    pair = next(iter(load_benchmark("cbsd68", root / "CBSD68")))
+    pair = next(iter(load_test_set("cbsd68", root / "CBSD68")))
     row = per[(per.dataset == "cbsd68") & (per.id == pair.id)].iloc[0]
     assert row.psnr == pytest.approx(metrics.psnr(restore_array(net, pair.lq), pair.gt), abs=1e-6)
 

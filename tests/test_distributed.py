@@ -95,13 +95,13 @@ def test_consolidated_state_dict_stage0_layout_and_errors(tmp_path):
         consolidated_state_dict(tmp_path, tag="step9")
 
 
-# --------------------------------------------------------------------------------------------- benchmark scripts
+# --------------------------------------------------------------------------------------------- bench scripts (speed and memory)
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
-def test_gpu_benchmark_fails_clearly_without_cuda():
+def test_gpu_bench_script_fails_clearly_without_cuda():
     proc = subprocess.run([sys.executable, str(SCRIPTS / "bench_training_gpu.py"), "--steps", "3", "--warmup", "1"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
@@ -120,8 +120,8 @@ def _load_bench():
     return bench
 
 
-def test_benchmark_step_flops_are_forward_plus_backward():
-    """The benchmark counts FLOPs of a whole step on the meta device: backward of a conv net costs ~2x forward."""
+def test_bench_step_flops_are_forward_plus_backward():
+    """bench_training counts FLOPs of a whole step on the meta device: backward of a conv net costs ~2x forward."""
     from maskdcpt.models import build_backbone
     from maskdcpt.models.summary import count_flops
 
@@ -144,7 +144,7 @@ def test_benchmark_step_flops_are_forward_plus_backward():
 
 
 @pytest.mark.slow
-def test_benchmark_script_runs_the_pipeline_training_steps(tmp_path):
+def test_bench_script_runs_the_pipeline_training_steps(tmp_path):
     """bench_training.py times real engine steps (pipeline code, params.yaml recipe) and writes its JSON."""
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(SCRIPTS / "bench_training.py"), "--configs", "cpu", "--variants",
@@ -163,7 +163,7 @@ def test_benchmark_script_runs_the_pipeline_training_steps(tmp_path):
     assert "bf16 GEMM peak not measured" in proc.stdout and result["skipped_variants"] == []
 
 
-def test_benchmark_skips_bf16_without_native_bf16(tmp_path, monkeypatch, capsys):
+def test_bench_skips_bf16_without_native_bf16(tmp_path, monkeypatch, capsys):
     """On a CPU without avx512_bf16/amx_bf16 the bf16 variants are skipped with a line saying so (bf16 would be
     emulated, far too slow for the suite); the flags are read from /proc/cpuinfo."""
     bench = _load_bench()

@@ -28,9 +28,11 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
-def _imports(path: Path) -> set[str]:
+def _imports(path: Path, lazy_exports: bool = True) -> set[str]:
     """Project modules imported anywhere in ``path`` (absolute and relative imports; ``from a import b`` also
-    counts ``a.b`` when that is a module)."""
+    counts ``a.b`` when that is a module). A package that re-exports lazily counts all its modules, unless
+    ``lazy_exports`` is false: it is only passed through on the way to one of its modules, so its ``__getattr__``
+    never runs."""
     tree = ast.parse(path.read_text())
     pkg = ".".join(path.relative_to(REPO).with_suffix("").parts)
     if path.name == "__init__.py":
@@ -47,30 +49,30 @@ def _imports(path: Path) -> set[str]:
                 base = node.module or ""
             names.add(base)
             names.update(f"{base}.{a.name}" for a in node.names)
-    if "importlib.import_module(f\"{__name__}." in path.read_text():  # a package that re-exports lazily
+    if lazy_exports and "importlib.import_module(f\"{__name__}." in path.read_text():  # a package that re-exports lazily
         names.update(f"{pkg.rsplit('.', 1)[0]}.{f.stem}" for f in path.parent.glob("*.py"))
     return {n for n in names if n.split(".")[0] in ("maskdcpt", "pipelines") and _module_file(n)}
 
 
 def closure(start: Path) -> set[str]:
     """Repo-relative paths of ``start`` and every project module reachable from it by imports."""
-    seen: set[str] = set()
-    todo = [start]
+    seen: dict[str, bool] = {}   # rel path -> whether its lazy re-exports were followed
+    todo = [(start, True)]
     while todo:
-        path = todo.pop()
+        path, lazy_exports = todo.pop()
         rel = path.relative_to(REPO).as_posix()
-        if rel in seen:
+        if rel in seen and (seen[rel] or not lazy_exports):
             continue
-        seen.add(rel)
+        seen[rel] = lazy_exports
         if rel in RUNNER and path != start:
             continue
-        for name in _imports(path):
+        for name in _imports(path, lazy_exports):
             parts = name.split(".")
             for i in range(2, len(parts) + 1):  # importing a.b.c runs a/b/__init__.py too
                 f = _module_file(".".join(parts[:i]))
                 if f is not None:
-                    todo.append(f)
-    return seen - RUNNER
+                    todo.append((f, i == len(parts)))
+    return set(seen) - RUNNER
 
 
 def _stages() -> dict[str, dict]:
@@ -117,3 +119,14 @@ def test_closure_follows_function_level_and_relative_imports(tmp_path):
     assert "maskdcpt/data/synthesize.py" in found          # imported inside the stage function
     assert "maskdcpt/degradations/base.py" in found        # reached through `from .base import ...`
     assert "pipelines/stage.py" not in found
+
+
+def test_closure_passes_through_a_lazy_package_to_one_module():
+    """Importing one module of a lazily re-exporting package runs only that package's ``__init__`` (which imports
+    nothing at run time); naming the package itself may reach any of its modules."""
+    through = closure(REPO / "pipelines" / "params.py")      # imports maskdcpt.data.testsets.params only
+    assert {"maskdcpt/data/testsets/params.py", "maskdcpt/data/testsets/__init__.py",
+            "maskdcpt/data/__init__.py"} <= through
+    assert "maskdcpt/data/testsets/layouts.py" not in through and "maskdcpt/data/photos.py" not in through
+    named = closure(REPO / "maskdcpt" / "eval" / "protocol.py")   # `from maskdcpt.data.testsets import DATASETS`
+    assert {"maskdcpt/data/testsets/layouts.py", "maskdcpt/data/testsets/training.py"} <= named

@@ -338,7 +338,7 @@ def test_paper_training_sets_stream_through_the_same_loader(tmp_path):
     """The preset's real training sets (here a tiny rain + GT-only noise layout, ``mode: whole`` with repeat
     counts) become shards that the stream crops and repeats: each pair ``repeat`` times per epoch."""
     from maskdcpt.data.testsets import training_pairs
-    from test_benchmarks import make_gt_only, make_rain100l
+    from test_test_sets import make_gt_only, make_rain100l
 
     root = tmp_path / "train"
     make_rain100l(root / "Rain200L")

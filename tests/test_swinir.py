@@ -7,7 +7,7 @@ import torch
 
 from backbone_props import check_all_visible_equals_plain, check_masking_property, overfit_losses, randomize_
 from maskdcpt.models import MaskDCPTModel, build_backbone, load_backbone_state_dict
-from maskdcpt.models.swinir import SWINIR_OFFICIAL_NUM_PARAMS, SWINIR_PAPER_NUM_PARAMS, SwinIR
+from maskdcpt.models.swinir import SWINIR_OFFICIAL_NUM_PARAMS, SWINIR_PAPER_NUM_PARAMS
 
 
 def test_paper_and_official_parameter_counts_and_keys():

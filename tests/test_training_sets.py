@@ -11,7 +11,7 @@ from conftest import make_project, run_stage
 def test_real_training_sets_feed_the_training_stages(tmp_path):
     """A preset's `training_sets` (the paper's training data laid out as the real sets) replace the synthetic
     training pairs: synthesize writes them with their repeat ratios, validate passes, pre-training trains on them."""
-    from test_benchmarks import make_gopro, make_gt_only, make_lol, make_rain100l, make_sots
+    from test_test_sets import make_gopro, make_gt_only, make_lol, make_rain100l, make_sots
 
     root = tmp_path / "train"
     make_rain100l(root / "Rain200L")
@@ -36,3 +36,41 @@ def test_real_training_sets_feed_the_training_stages(tmp_path):
     assert set(train["degradation"]) == {"rain", "gaussian_noise", "haze", "motion_blur", "low_light"}
     assert (manifest.loc[manifest["split"] == "val", "dataset"].isna()).all()   # validation crops stay synthetic
     assert json.loads((project / "metrics/pretrain.json").read_text())["steps"] == 3
+
+
+def test_a_presets_set_groups_are_validated_by_the_schema(tmp_path, capsys):
+    """`training_pairs` and `maskdcpt paper-eval` read a preset's raw `training_sets` / `test_sets` group through
+    the same typed groups as params.yaml: a misspelt key or a wrong type is an error naming it, before any file
+    is read or any model loaded, and the defaults are the schema's."""
+    import pytest
+    import yaml
+
+    from maskdcpt.cli import main
+    from maskdcpt.data.testsets import training_pairs
+    from maskdcpt.data.testsets.params import TestSetsParams, TrainingSetsParams
+    from pipelines.params import load_params
+
+    rain = {"layout": "rain100l", "path": "Rain200L", "class": "rain"}
+    base = {"seed": 1, "task": {"name": "5d", "classes": []}}
+    for group, needle in ((({"root": str(tmp_path), "mdoe": "whole", "sets": {"r": rain}}), "training_sets.mdoe"),
+                          ({"root": str(tmp_path), "sets": {"r": {**rain, "clas": "rain"}}}, "training_sets.sets.r"),
+                          ({"root": str(tmp_path), "sets": {"r": {**rain, "repeat": "3"}}}, "training_sets.sets.r.repeat"),
+                          ({"root": str(tmp_path), "sets": {"r": {**rain, "sigmas": []}}}, "training_sets.sets.r.sigmas")):
+        with pytest.raises(ValueError, match=needle.replace(".", r"\.")):
+            training_pairs({**base, "training_sets": group}, tmp_path / "shards")
+    assert not (tmp_path / "shards").exists()
+    with pytest.raises(ValueError, match="needs the params' \\['seed'\\]"):
+        training_pairs({"task": base["task"], "training_sets": {"sets": {"r": rain}}}, tmp_path / "shards")
+
+    preset = tmp_path / "typo.yaml"
+    preset.write_text(yaml.safe_dump({"test_sets": {"rot": "/data/test_sets", "sets": {"rain100l": {}}}}))
+    assert main(["paper-eval", "--preset", str(preset), "--model", str(tmp_path / "absent.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "test_sets.rot" in err and "absent.pt" not in err       # the preset is checked before the model
+
+    # one set of defaults: the pipeline's validated params carry exactly the groups' defaults
+    params = load_params(overrides={"training_sets": {"sets": {"r": rain}}, "test_sets": {}})
+    assert {k: v for k, v in params["training_sets"].items() if k != "sets"} == {
+        k: v for k, v in TrainingSetsParams().model_dump().items() if k != "sets"}
+    assert params["training_sets"]["sets"]["r"]["sigmas"] == [15, 25, 50]
+    assert params["test_sets"] == TestSetsParams().model_dump()

@@ -1,4 +1,4 @@
-"""The paper's evaluation protocol on the standard benchmarks, and Tables I / II / III with the paper's numbers
+"""The paper's evaluation protocol on the standard test sets, and Tables I / II / III with the paper's numbers
 beside ours.
 
 Protocol (docs/method.md §5.3; recorded in every result file)
@@ -31,7 +31,7 @@ from maskdcpt import metrics
 from maskdcpt.atomic import atomic_write_text
 from maskdcpt.eval.paper_tables import TABLES, _f, render_sets, render_table, table_results
 
-__all__ = ["PROTOCOL", "evaluate_set", "summarize_sets", "run_benchmark", "load_preset", "PER_IMAGE_COLUMNS"]
+__all__ = ["PROTOCOL", "evaluate_set", "summarize_sets", "run_paper_eval", "load_preset", "PER_IMAGE_COLUMNS"]
 
 #: What the protocol does, stored with every result (docs/method.md §5.3).
 PROTOCOL: dict[str, Any] = {
@@ -57,7 +57,7 @@ def evaluate_set(net, pairs, *, device=None, save_dir: str | os.PathLike | None 
 
     Args:
         net: a restoration network (``(1, 3, H, W)`` in [0, 1] → same; ``padder_size`` attribute or 16).
-        pairs: a :class:`maskdcpt.data.testsets.BenchmarkPairs` (yields ``(id, lq, gt)`` float32 (H, W, 3)).
+        pairs: a :class:`maskdcpt.data.testsets.TestSetPairs` (yields ``(id, lq, gt)`` float32 (H, W, 3)).
         device: torch device for the input (default: the network's).
         save_dir: if given, restored images are written there as 8-bit PNG ``<id>.png`` (``/`` → ``__``).
         progress: called with a short status line every 10 images.
@@ -137,9 +137,9 @@ def _one_line(msg: str) -> str:
     return "; ".join(x.strip() for x in str(msg).splitlines() if x.strip()).replace("|", "/").replace(":;", ":")
 
 
-def run_benchmark(model: str, *, preset: str | Mapping[str, Any] = "paper-5d", root: str | None = None,
+def run_paper_eval(model: str, *, preset: str | Mapping[str, Any] = "paper-5d", root: str | None = None,
                   set_paths: Mapping[str, str] | None = None, only: Sequence[str] | None = None,
-                  out_dir: str | os.PathLike = "reports/benchmark", key: str = "params_ema",
+                  out_dir: str | os.PathLike = "reports/paper_eval", key: str = "params_ema",
                   limit: int | None = None, strict: bool = False, device: str = "auto", label: str | None = None,
                   save_images: bool = False, log: Callable[[str], None] = print,
                   arch: str | None = None) -> dict[str, Any]:
@@ -148,9 +148,9 @@ def run_benchmark(model: str, *, preset: str | Mapping[str, Any] = "paper-5d", r
     Args:
         model: checkpoint (ours or an official release with ``params``/``params_ema``) or MLflow URI
             (:func:`maskdcpt.inference.load_model`).
-        preset: a preset name/path (:func:`load_preset`) or its dict; its ``benchmarks`` group gives ``root``,
+        preset: a preset name/path (:func:`load_preset`) or its dict; its ``test_sets`` group gives ``root``,
             ``cache_dir``, ``s3_endpoint_url``, ``tables`` and ``sets`` (``{name: {"path", "options"}}``).
-        root: overrides ``benchmarks.root`` (folder or ``s3://`` prefix).
+        root: overrides ``test_sets.root`` (folder or ``s3://`` prefix).
         set_paths: ``{set: path}`` overrides (a set not in the preset is added).
         only: evaluate only these sets.
         out_dir: where ``results.json``, ``per_image.csv``, ``rejections.csv`` and ``table.md`` go.
@@ -165,17 +165,18 @@ def run_benchmark(model: str, *, preset: str | Mapping[str, Any] = "paper-5d", r
     ``skipped``, ``tables``, ``markdown``).
 
     Raises:
-        BenchmarkMissing: a set is missing and ``strict``. KeyError: an unknown set name. ValueError /
-        FileNotFoundError: the model cannot be loaded or the preset has no ``benchmarks`` group.
+        TestSetMissing: a set is missing and ``strict``. KeyError: an unknown set name. ValueError /
+        FileNotFoundError: the model cannot be loaded or the preset has no ``test_sets`` group.
     """
-    from maskdcpt.data.testsets import DATASETS, BenchmarkMissing, expected_layout, load_benchmark
+    from maskdcpt.data.testsets import DATASETS, TestSetMissing, expected_layout, load_test_set
+    from maskdcpt.data.testsets.params import TestSetsParams, validated_group
     from maskdcpt.inference import load_model
 
     pre = load_preset(preset) if isinstance(preset, str) else dict(preset)
-    bench = pre.get("benchmarks")
-    if not isinstance(bench, Mapping):
-        raise ValueError(f"preset {preset if isinstance(preset, str) else '<dict>'} has no 'benchmarks' group")
-    sets_cfg: dict[str, dict] = {k: dict(v or {}) for k, v in (bench.get("sets") or {}).items()}
+    if not isinstance(pre.get("test_sets"), Mapping):
+        raise ValueError(f"preset {preset if isinstance(preset, str) else '<dict>'} has no 'test_sets' group")
+    bench = validated_group(TestSetsParams, pre["test_sets"], "test_sets")
+    sets_cfg: dict[str, dict] = {k: {"path": v.path, "options": dict(v.options)} for k, v in bench.sets.items()}
     for name, path in (set_paths or {}).items():
         if name not in DATASETS:
             raise KeyError(f"--set {name}=...: unknown benchmark set; known: {sorted(DATASETS)}")
@@ -185,7 +186,7 @@ def run_benchmark(model: str, *, preset: str | Mapping[str, Any] = "paper-5d", r
         if unknown:
             raise KeyError(f"unknown benchmark sets {unknown}; known: {sorted(DATASETS)}")
         sets_cfg = {n: sets_cfg.get(n, {}) for n in only}
-    root = root if root is not None else (bench.get("root") or "")
+    root = root if root is not None else bench.root
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -203,24 +204,23 @@ def run_benchmark(model: str, *, preset: str | Mapping[str, Any] = "paper-5d", r
         spec = DATASETS[name]
         loc = cfg.get("location")
         if loc is None:
-            rel = cfg.get("path", spec.default_dir)
+            rel = cfg.get("path") or spec.default_dir   # a --set or --only entry has no path
             if str(rel).startswith(("/", "s3://")):
                 loc = str(rel)
             elif root:
                 loc = f"{str(root).rstrip('/')}/{rel}"
             else:
-                why = f"no benchmarks.root and no --set {name}=PATH; expected layout: " + _one_line(
+                why = f"no test_sets.root and no --set {name}=PATH; expected layout: " + _one_line(
                     expected_layout(name, cfg.get("options")))
                 if strict:
-                    raise BenchmarkMissing(why)
+                    raise TestSetMissing(why)
                 skipped[name] = why
                 log(f"skip {name}: {why}")
                 continue
         try:
-            pairs = load_benchmark(name, loc, limit=limit, options=cfg.get("options"),
-                                   cache_dir=bench.get("cache_dir", ".cache/benchmarks"),
-                                   endpoint_url=bench.get("s3_endpoint_url") or None)
-        except BenchmarkMissing as e:
+            pairs = load_test_set(name, loc, limit=limit, options=cfg.get("options"),
+                                  cache_dir=bench.cache_dir, endpoint_url=bench.s3_endpoint_url or None)
+        except TestSetMissing as e:
             if strict:
                 raise
             skipped[name] = _one_line(e)
@@ -248,7 +248,7 @@ def run_benchmark(model: str, *, preset: str | Mapping[str, Any] = "paper-5d", r
 
     per_image = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=PER_IMAGE_COLUMNS)
     tables = {}
-    for t in bench.get("tables") or ["table1"]:
+    for t in bench.tables or ["table1"]:
         if t not in TABLES:
             raise ValueError(f"unknown table {t!r}; known: {sorted(TABLES)}")
         tables[t] = table_results(t, sets)

@@ -1,6 +1,7 @@
 """kill -9 at seeded random points of every stage, then one `dvc repro`: the results equal an uninterrupted run's.
 
-Two tiny projects from the same code and params: the reference runs `dvc repro` once, timing each stage; the other
+Two tiny projects from the same code and params: the reference (the session's `reference_repro`, shared with the
+end-to-end test) ran `dvc repro` once, timing each stage; the other
 runs the stages one by one (`dvc repro <stage>`), each killed (SIGKILL to its whole process group: DVC, the stage,
 its DeepSpeed and DataLoader children) after a seeded random fraction of that stage's reference time, and is then
 finished by a plain `dvc repro`. Nothing partial may be taken as done: every cached out (DVC hash) and the
@@ -20,7 +21,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import cached_out_hashes, make_project, project_env, use_store
+from conftest import benchmark_scores, cached_out_hashes, make_project, project_env, use_store
 
 pytestmark = pytest.mark.slow
 
@@ -34,13 +35,6 @@ def dvc(project: Path, *args: str, timeout: float = 1500) -> subprocess.Complete
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"dvc {args} exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc
-
-
-def scores(project: Path) -> dict:
-    """The benchmark metrics without the run's provenance (host facts), and the per-image table."""
-    metrics = json.loads((project / "metrics/benchmark.json").read_text())
-    metrics.pop("provenance", None)
-    return {"metrics": metrics, "per_image": (project / "reports/evaluate/per_image.csv").read_text()}
 
 
 def kill_stage_after(project: Path, stage: str, delay: float, log: Path) -> dict:
@@ -66,31 +60,10 @@ def kill_stage_after(project: Path, stage: str, delay: float, log: Path) -> dict
     return {"stage": stage, "killed_after_s": round(delay, 2), "finished_first": finished, "rc": proc.returncode}
 
 
-def stage_times(t_lines: list[tuple[float, str]]) -> dict[str, float]:
-    """Seconds from each "Running stage" line to the next one (the last runs to the end)."""
-    marks = [(t, line.split("'")[1]) for t, line in t_lines if line.startswith("Running stage '")]
-    end = t_lines[-1][0]
-    return {name: (marks[i + 1][0] if i + 1 < len(marks) else end) - t for i, (t, name) in enumerate(marks)}
-
-
-def timed_repro(project: Path) -> dict[str, float]:
-    """`dvc repro` of the whole pipeline with a timestamp on every output line; seconds per stage."""
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=project, env=project_env(project),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in proc.stdout:
-        lines.append((time.monotonic(), line.strip()))
-    rc = proc.wait(timeout=1500)
-    assert rc == 0, "\n".join(x for _, x in lines[-60:])
-    lines.append((time.monotonic(), "end"))
-    return stage_times(lines)
-
-
 @pytest.mark.fault(fault="kill -9 at a seeded random point of every stage", where="dvc repro, every stage",
                    outcome="recovered: a plain dvc repro finishes; outs and scores equal an uninterrupted run's")
-def test_kill_9_in_every_stage_then_repro_gives_the_uninterrupted_results(tmp_path, record_property):
-    reference = make_project(tmp_path / "reference")
-    took = timed_repro(reference)
+def test_kill_9_in_every_stage_then_repro_gives_the_uninterrupted_results(tmp_path, record_property, reference_repro):
+    took = reference_repro["stage_times"]
     assert sorted(took) == sorted(STAGES), took
 
     project = make_project(tmp_path / "killed")
@@ -102,14 +75,14 @@ def test_kill_9_in_every_stage_then_repro_gives_the_uninterrupted_results(tmp_pa
         kills.append(kill_stage_after(project, stage, delay, tmp_path / f"kill-{stage}.log"))
     # a kill never leaves a stage recorded as done with a partial out: whatever dvc.lock holds now is complete
     partial = cached_out_hashes(project) if (project / "dvc.lock").is_file() else {}
-    ref_outs = cached_out_hashes(reference)
+    ref_outs = reference_repro["outs"]
     for stage, outs in partial.items():
         assert outs == ref_outs[stage], f"{stage} was recorded with outs that differ from the reference: {outs}"
 
     final = dvc(project, "repro")
     assert "Running stage" in final.stdout + final.stderr
     assert cached_out_hashes(project) == ref_outs
-    assert scores(project) == scores(reference)
+    assert benchmark_scores(project) == reference_repro["scores"]
     assert dvc(project, "status").stdout.strip() in ("", "Data and pipelines are up to date.")
 
     # the registry keeps complete versions only, and its champion is the final run's model

@@ -175,7 +175,7 @@ def training_sets(moto, bucket):
     to moto under ``s3://faulty/sets/``; ``{key: sha256}``."""
     import tempfile
 
-    from test_benchmarks import make_lol, make_rain100l
+    from test_test_sets import make_lol, make_rain100l
 
     s3 = boto3.client("s3", endpoint_url=moto.url)
     keys = {}
@@ -211,7 +211,7 @@ def test_transient_s3_faults_are_retried_by_synthesize(proxy, photos, training_s
     manifest = pd.read_parquet(project / "data" / "pairs" / "manifest.parquet")
     train = manifest[manifest["split"] == "train"]
     assert train.groupby("dataset").size().to_dict() == {"rain200l": 6, "lol": 4}
-    cache = project / ".cache" / "benchmarks" / BUCKET
+    cache = project / ".cache" / "training_sets" / BUCKET
     assert {k: hashlib.sha256((cache / k).read_bytes()).hexdigest() for k in training_sets} == training_sets
     record_property("measured", f"{sum(injected.values())} faults injected, {len(proxy.log)} requests, "
                                 f"{len(training_sets)}/{len(training_sets)} objects mirrored, {len(train)} pairs")

@@ -1,15 +1,15 @@
 """Loaders for the paper's public test sets (Table I 5D, Table II 12D, Table III OOD noise), laid out as
 their public releases ship them, from a local folder or an ``s3://`` prefix.
 
-Nothing is downloaded from the internet: users point ``benchmarks.root`` (or ``--set name=PATH``) at their own
-copies. Each set is a :class:`BenchmarkSpec` in :data:`DATASETS` with its task class (5D names, and the 12D names
+Nothing is downloaded from the internet: users point ``test_sets.root`` (or ``--set name=PATH``) at their own
+copies. Each set is a :class:`TestSetSpec` in :data:`DATASETS` with its task class (5D names, and the 12D names
 of :data:`maskdcpt.degradations.TASKS`), its default folder below the root and the layout it expects
-(:func:`expected_layout` prints it as a tree). :func:`load_benchmark` lists and matches the files (cheap: no
-pixel is decoded) and returns a :class:`BenchmarkPairs`, which yields ``(id, lq, gt)`` pairs lazily; files that
+(:func:`expected_layout` prints it as a tree). :func:`load_test_set` lists and matches the files (cheap: no
+pixel is decoded) and returns a :class:`TestSetPairs`, which yields ``(id, lq, gt)`` pairs lazily; files that
 do not match are rejection rows (``reason`` ∈ ``unmatched_lq``, ``unmatched_gt``, ``duplicate_key``,
 ``missing_file``, ``bad_list_line``, then at read time ``size_mismatch`` or an
 :class:`~maskdcpt.imageio.ImageRejected` reason), never silently dropped. A missing set raises
-:class:`BenchmarkMissing` whose message names the path and prints the expected layout.
+:class:`TestSetMissing` whose message names the path and prints the expected layout.
 
 Layouts (``<set>`` = the set's folder; subfolder names are options of the loader, defaults below)
 -----------------------------------------------------------------------------------------------
@@ -51,14 +51,29 @@ LQ synthesis at test time (docs/method.md §5.2, §4.3)
 
 from __future__ import annotations
 
-from maskdcpt.data.testsets.layouts import BenchmarkPairs, expected_layout, first_number, load_benchmark, resolve_location
-from maskdcpt.data.testsets.registry import (DATASETS, REJECTION_COLUMNS, BenchmarkMissing, BenchmarkPair,
-                                             BenchmarkSpec)
-from maskdcpt.data.testsets.synthesis import official_test_noise, synthesize_lq
-from maskdcpt.data.testsets.training import training_pairs
+import importlib
 
-__all__ = [
-    "BenchmarkSpec", "BenchmarkPairs", "BenchmarkPair", "BenchmarkMissing", "DATASETS", "REJECTION_COLUMNS",
-    "expected_layout", "load_benchmark", "resolve_location", "synthesize_lq", "official_test_noise",
-    "first_number", "training_pairs",
-]
+# re-exported lazily (the params schema imports .params without the loaders, numpy or OpenCV)
+_EXPORTS = {
+    "TestSetPairs": "layouts", "expected_layout": "layouts", "first_number": "layouts", "load_test_set": "layouts",
+    "resolve_location": "layouts",
+    "DATASETS": "registry", "REJECTION_COLUMNS": "registry", "TestSetMissing": "registry", "TestSetPair": "registry",
+    "TestSetSpec": "registry",
+    "official_test_noise": "synthesis", "synthesize_lq": "synthesis",
+    "training_pairs": "training",
+    "TrainingSetsParams": "params", "TestSetsParams": "params", "validated_group": "params",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -10,13 +10,13 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import pandas as pd
 
-from maskdcpt.data.testsets.registry import (_EXTS, _GT_ONLY_SUBDIRS, DATASETS, REJECTION_COLUMNS, BenchmarkMissing,
-                                             BenchmarkPair, BenchmarkSpec)
+from maskdcpt.data.testsets.registry import (_EXTS, _GT_ONLY_SUBDIRS, DATASETS, REJECTION_COLUMNS, TestSetMissing,
+                                             TestSetPair, TestSetSpec)
 from maskdcpt.data.testsets.synthesis import synthesize_lq
 from maskdcpt.imageio import IMAGE_EXTENSIONS, ImageRejected, read_image
 
 def expected_layout(name: str, options: Mapping[str, Any] | None = None) -> str:
-    """The folder tree a set must have, as text (what :class:`BenchmarkMissing` prints). ``KeyError`` for an
+    """The folder tree a set must have, as text (what :class:`TestSetMissing` prints). ``KeyError`` for an
     unknown set."""
     spec = _spec(name)
     o = {**spec.options, **(options or {})}
@@ -38,7 +38,7 @@ def expected_layout(name: str, options: Mapping[str, Any] | None = None) -> str:
     return f"{d}/\n  {o['lq_dir']}/{lq} ...   (LQ)\n  {o['gt_dir']}/{gt} ...   (GT)"
 
 
-def _spec(name: str) -> BenchmarkSpec:
+def _spec(name: str) -> TestSetSpec:
     if name not in DATASETS:
         raise KeyError(f"unknown benchmark set {name!r}; known: {sorted(DATASETS)}")
     return DATASETS[name]
@@ -74,18 +74,18 @@ class _Entry:
     index: int = 0
 
 
-class BenchmarkPairs:
+class TestSetPairs:
     """The matched pairs of one set (listing done, pixels not read yet).
 
     Attributes:
         name, spec, root (the local folder), options (merged loader options), entries (matched files),
         rejections (DataFrame, :data:`REJECTION_COLUMNS`; read-time failures are appended while iterating).
 
-    Iterating yields :class:`BenchmarkPair` ``(id, lq, gt)`` in sorted id order, reading each file when its
+    Iterating yields :class:`TestSetPair` ``(id, lq, gt)`` in sorted id order, reading each file when its
     pair is reached; ``limit`` (constructor) keeps the first N entries.
     """
 
-    def __init__(self, spec: BenchmarkSpec, root: Path, options: Mapping[str, Any], entries: list[_Entry],
+    def __init__(self, spec: TestSetSpec, root: Path, options: Mapping[str, Any], entries: list[_Entry],
                  rejections: list[dict]):
         self.spec, self.name, self.root, self.options = spec, spec.name, root, dict(options)
         self.entries = entries
@@ -98,7 +98,7 @@ class BenchmarkPairs:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def __iter__(self) -> Iterator[BenchmarkPair]:
+    def __iter__(self) -> Iterator[TestSetPair]:
         for e in self.entries:
             try:
                 gt = read_image(e.gt_path, max_pixels=None)
@@ -112,15 +112,15 @@ class BenchmarkPairs:
             if lq.shape != gt.shape:
                 self._reject(e, "size_mismatch", f"LQ {lq.shape[1]}x{lq.shape[0]} vs GT {gt.shape[1]}x{gt.shape[0]}")
                 continue
-            yield BenchmarkPair(e.id, lq, gt)
+            yield TestSetPair(e.id, lq, gt)
 
     def _reject(self, e: _Entry, reason: str, detail: str) -> None:
         self._rejected.append({"dataset": self.name, "id": e.id, "lq_path": None if e.lq_path is None else str(e.lq_path),
                                "gt_path": str(e.gt_path), "reason": reason, "detail": detail})
 
 
-def _missing(spec: BenchmarkSpec, root: Path, options: Mapping[str, Any], why: str) -> BenchmarkMissing:
-    return BenchmarkMissing(f"{spec.title} ({spec.name}) {why} at {root}; expected layout:\n"
+def _missing(spec: TestSetSpec, root: Path, options: Mapping[str, Any], why: str) -> TestSetMissing:
+    return TestSetMissing(f"{spec.title} ({spec.name}) {why} at {root}; expected layout:\n"
                             f"{expected_layout(spec.name, options)}")
 
 
@@ -166,7 +166,7 @@ def _group(paths: Sequence[Path], key: Callable[[Path], str]) -> dict[str, list[
     return out
 
 
-def _list(spec: BenchmarkSpec, root: Path, o: Mapping[str, Any]) -> tuple[list[_Entry], list[dict]]:
+def _list(spec: TestSetSpec, root: Path, o: Mapping[str, Any]) -> tuple[list[_Entry], list[dict]]:
     rej: list[dict] = []
     if not root.is_dir():
         raise _missing(spec, root, o, "is missing")
@@ -247,18 +247,18 @@ def _list(spec: BenchmarkSpec, root: Path, o: Mapping[str, Any]) -> tuple[list[_
     return entries, rej
 
 
-def resolve_location(location: str | os.PathLike, cache_dir: str | os.PathLike = ".cache/benchmarks",
+def resolve_location(location: str | os.PathLike, cache_dir: str | os.PathLike = ".cache/test_sets",
                      endpoint_url: str | None = None, client=None) -> Path:
     """A local folder for ``location``: a path as is, or an ``s3://bucket/prefix`` mirrored with
     :func:`maskdcpt.data.sources.download_s3_prefix` into ``cache_dir/<bucket>/<prefix>`` (images and ``.txt``
     list files; unchanged objects are not downloaded again). Credentials come from the environment only.
 
-    Raises ``BenchmarkMissing`` when the prefix holds no object, ``ValueError`` for a malformed URI.
+    Raises ``TestSetMissing`` when the prefix holds no object, ``ValueError`` for a malformed URI.
     """
     return mirror_location(location, cache_dir, endpoint_url, client)[0]
 
 
-def mirror_location(location: str | os.PathLike, cache_dir: str | os.PathLike = ".cache/benchmarks",
+def mirror_location(location: str | os.PathLike, cache_dir: str | os.PathLike = ".cache/test_sets",
                     endpoint_url: str | None = None, client=None) -> tuple[Path, list[dict]]:
     """:func:`resolve_location` plus the objects that could not be fetched
     (``[{"key", "uri", "reason", "detail"}]``, :func:`maskdcpt.data.sources.download_s3_prefix`)."""
@@ -274,27 +274,27 @@ def mirror_location(location: str | os.PathLike, cache_dir: str | os.PathLike = 
                                          extensions=tuple(IMAGE_EXTENSIONS) + (".txt",))
     if not files:
         detail = f" ({len(failures)} downloads failed: {failures[0]['detail']})" if failures else ""
-        raise BenchmarkMissing(f"no objects under {text}{detail}")
+        raise TestSetMissing(f"no objects under {text}{detail}")
     return Path(cache_dir) / bucket / prefix, failures
 
 
-def load_benchmark(name: str, location: str | os.PathLike, *, limit: int | None = None,
-                   options: Mapping[str, Any] | None = None, cache_dir: str | os.PathLike = ".cache/benchmarks",
-                   endpoint_url: str | None = None, client=None) -> BenchmarkPairs:
+def load_test_set(name: str, location: str | os.PathLike, *, limit: int | None = None,
+                   options: Mapping[str, Any] | None = None, cache_dir: str | os.PathLike = ".cache/test_sets",
+                   endpoint_url: str | None = None, client=None) -> TestSetPairs:
     """List and match one set (see the module docstring for the layouts).
 
     Args:
         name: a key of :data:`DATASETS`.
-        location: the set's own folder (e.g. ``/data/benchmarks/Rain100L``) or an ``s3://`` prefix.
+        location: the set's own folder (e.g. ``/data/test_sets/Rain100L``) or an ``s3://`` prefix.
         limit: keep the first ``limit`` pairs in id order (quick checks).
         options: overrides of the spec's loader options (``lq_dir``, ``gt_dir``, ``synth``...).
         cache_dir, endpoint_url, client: for ``s3://`` locations (:func:`resolve_location`).
 
     Returns:
-        :class:`BenchmarkPairs` (lazy; rejections recorded).
+        :class:`TestSetPairs` (lazy; rejections recorded).
 
     Raises:
-        KeyError: unknown set. BenchmarkMissing: the folder or a required subfolder/list file is absent, or
+        KeyError: unknown set. TestSetMissing: the folder or a required subfolder/list file is absent, or
             nothing matched (the message prints the expected layout).
     """
     spec = _spec(name)
@@ -306,4 +306,4 @@ def load_benchmark(name: str, location: str | os.PathLike, *, limit: int | None 
               "detail": f"{f['uri']}: {f['detail']}"} for f in failed), *rej]
     if limit is not None:
         entries = entries[: max(0, int(limit))]
-    return BenchmarkPairs(spec, root, opts, entries, rej)
+    return TestSetPairs(spec, root, opts, entries, rej)

@@ -9,8 +9,9 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import pandas as pd
 
-from maskdcpt.data.testsets.layouts import BenchmarkPairs, _Entry, load_benchmark
-from maskdcpt.data.testsets.registry import DATASETS, REJECTION_COLUMNS, BenchmarkMissing, BenchmarkPair
+from maskdcpt.data.testsets.layouts import TestSetPairs, _Entry, load_test_set
+from maskdcpt.data.testsets.params import TrainingSetsParams, validated_group
+from maskdcpt.data.testsets.registry import DATASETS, REJECTION_COLUMNS, TestSetMissing, TestSetPair
 
 def training_pairs(preset_params: Mapping[str, Any], out_dir: str | os.PathLike, *, limit: int | None = None,
                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -45,40 +46,39 @@ def training_pairs(preset_params: Mapping[str, Any], out_dir: str | os.PathLike,
     from maskdcpt.degradations import TASKS
     from maskdcpt.imageio import file_sha256, quantize
 
-    cfg = preset_params.get("training_sets")
-    if not isinstance(cfg, Mapping) or not cfg.get("sets"):
+    if not isinstance(preset_params.get("training_sets"), Mapping) or not preset_params["training_sets"].get("sets"):
         raise ValueError("preset has no training_sets.sets (see presets/paper-5d.yaml)")
-    task = preset_params.get("task", {}) or {}
-    classes = list(task.get("classes") or TASKS[task.get("name", "5d")])
-    seed = int(preset_params.get("seed", 0))
-    mode = cfg.get("mode", "crop")
-    if mode not in ("crop", "whole"):
-        raise ValueError(f"training_sets.mode must be crop or whole, got {mode!r}")
-    crop = int(cfg.get("crop") or (preset_params.get("synthesize", {}) or {}).get("crop", 256))
-    shard_size = int(cfg.get("shard_size", 256))
+    missing = [k for k in ("seed", "task") if k not in preset_params]
+    if missing:
+        raise ValueError(f"training_pairs needs the params' {missing} (the pipeline passes validated params)")
+    cfg = validated_group(TrainingSetsParams, preset_params["training_sets"], "training_sets")
+    task = preset_params["task"]
+    classes = list(task.get("classes") or TASKS[task["name"]])   # empty classes: the task's registered list
+    seed = int(preset_params["seed"])
+    mode, crop, shard_size = cfg.mode, cfg.crop, cfg.shard_size
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     rejected: list[dict] = []
-    for set_name, s in cfg["sets"].items():
-        layout = s.get("layout")
+    for set_name, s in cfg.sets.items():
+        layout = s.layout
         if layout not in DATASETS:
-            raise ValueError(f"training set {set_name!r}: layout must be a benchmark set name, got {layout!r}")
-        cls = s.get("class")
+            raise ValueError(f"training set {set_name!r}: layout must be a test set name (maskdcpt paper-eval --list), got {layout!r}")
+        cls = s.class_
         if cls not in classes:
             raise ValueError(f"training set {set_name!r}: class {cls!r} not in the task classes {classes}")
-        ci, repeat = classes.index(cls), int(s.get("repeat", 1))
-        base = str(cfg.get("root", "") or "")
-        loc = s["path"] if str(s["path"]).startswith(("/", "s3://")) or not base else f"{base.rstrip('/')}/{s['path']}"
-        opts = dict(s.get("options") or {})
+        ci, repeat = classes.index(cls), s.repeat
+        base = cfg.root
+        loc = s.path if s.path.startswith(("/", "s3://")) or not base else f"{base.rstrip('/')}/{s.path}"
+        opts = dict(s.options)
         try:
-            pairs = load_benchmark(layout, loc, limit=limit, options=opts,
-                                   cache_dir=cfg.get("cache_dir", ".cache/benchmarks"))
-        except BenchmarkMissing as e:
+            pairs = load_test_set(layout, loc, limit=limit, options=opts,
+                                  cache_dir=cfg.cache_dir)
+        except TestSetMissing as e:
             rejected.append({"dataset": set_name, "id": None, "lq_path": None, "gt_path": None,
                              "reason": "missing_set", "detail": str(e)})
             continue
-        sigmas = list(s.get("sigmas") or [15, 25, 50])
+        sigmas = list(s.sigmas)
         synthetic = pairs.spec.layout == "gt_only"
         samples, set_rows = [], []
         for pi, (entry, pair) in enumerate(_with_entries(pairs)):
@@ -138,7 +138,7 @@ def training_pairs(preset_params: Mapping[str, Any], out_dir: str | os.PathLike,
     return manifest, pd.DataFrame(rejected, columns=REJECTION_COLUMNS)
 
 
-def _with_entries(pairs: BenchmarkPairs) -> Iterator[tuple[_Entry, BenchmarkPair | None]]:
+def _with_entries(pairs: TestSetPairs) -> Iterator[tuple[_Entry, TestSetPair | None]]:
     """``(entry, pair)`` for each entry; ``pair`` is None when reading failed (then recorded as a rejection)."""
     it = iter(pairs)
     by_id = {e.id: e for e in pairs.entries}

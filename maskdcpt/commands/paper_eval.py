@@ -1,10 +1,10 @@
-"""``maskdcpt benchmark``: evaluate a checkpoint on the paper's standard benchmarks (Table I 5D, Table II 12D,
+"""``maskdcpt paper-eval``: evaluate a checkpoint on the paper's standard test sets (Table I 5D, Table II 12D,
 Table III OOD noise) with the paper's protocol, and print our row beside the paper's numbers.
 
-    maskdcpt benchmark --preset paper-5d --root /data/benchmarks --model NAFNet_5d.pth
-    maskdcpt benchmark --preset paper-12d --root s3://bucket/benchmarks --model NAFNet_12d.pth --limit 5
-    maskdcpt benchmark --model m.pth --set rain100l=/data/Rain100L --set cbsd68=/data/CBSD68 --only rain100l,cbsd68
-    maskdcpt benchmark --list          # the supported sets and the folder layout each expects
+    maskdcpt paper-eval --preset paper-5d --root /data/test_sets --model NAFNet_5d.pth
+    maskdcpt paper-eval --preset paper-12d --root s3://bucket/test_sets --model NAFNet_12d.pth --limit 5
+    maskdcpt paper-eval --model m.pth --set rain100l=/data/Rain100L --set cbsd68=/data/CBSD68 --only rain100l,cbsd68
+    maskdcpt paper-eval --list          # the supported sets and the folder layout each expects
 
 Sets missing under the root are skipped with one line naming the expected layout (``--strict``: exit 1).
 Outputs in ``--out``: results.json (numbers + conventions), per_image.csv, rejections.csv, table.md.
@@ -19,18 +19,18 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("benchmark", help="the paper's Table I/II/III protocol on your copies of the benchmarks",
+    p = sub.add_parser("paper-eval", help="the paper's Table I/II/III protocol on your copies of the test sets",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="paper-5d", help="preset name (presets/<name>.yaml) or YAML path "
                    "(default paper-5d; paper-12d for Table II)")
     p.add_argument("--root", default=None, help="folder or s3:// prefix holding the sets (overrides "
-                   "benchmarks.root of the preset)")
+                   "test_sets.root of the preset)")
     p.add_argument("--model", default=None, help="checkpoint (ours or an official release) or MLflow model URI")
     p.add_argument("--arch", choices=("nafnet", "restormer", "promptir", "swinir"), default=None,
                    help="force the backbone architecture of a checkpoint file (default: recognised from its key names)")
     p.add_argument("--key", default="params_ema", choices=("params_ema", "params"),
                    help="checkpoint weights (default params_ema, the paper's evaluation weights)")
-    p.add_argument("--out", default="reports/benchmark", help="output folder (default reports/benchmark)")
+    p.add_argument("--out", default="reports/paper_eval", help="output folder (default reports/paper_eval)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="first N images per set (quick check)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=PATH",
                    help="location of one set (repeatable), e.g. rain100l=/data/Rain100L")
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from maskdcpt.data.testsets import DATASETS, BenchmarkMissing, expected_layout
+    from maskdcpt.data.testsets import DATASETS, TestSetMissing, expected_layout
 
     if args.list:
         for name, spec in DATASETS.items():
@@ -67,14 +67,14 @@ def _run(args: argparse.Namespace) -> int:
         set_paths[name.strip()] = path.strip()
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
 
-    from maskdcpt.eval.protocol import run_benchmark
+    from maskdcpt.eval.protocol import run_paper_eval
 
     try:
-        results = run_benchmark(args.model, preset=args.preset, root=args.root, set_paths=set_paths, only=only,
+        results = run_paper_eval(args.model, preset=args.preset, root=args.root, set_paths=set_paths, only=only,
                                 out_dir=args.out, key=args.key, limit=args.limit, strict=args.strict,
                                 device=args.device, label=args.label, save_images=args.save_images,
                                 log=lambda m: print(m, file=sys.stderr), arch=args.arch)
-    except BenchmarkMissing as e:
+    except TestSetMissing as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyError as e:

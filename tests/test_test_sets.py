@@ -1,4 +1,4 @@
-"""Standard benchmark loaders, the paper protocol and the `maskdcpt benchmark` CLI on tiny folders laid out like
+"""Standard benchmark loaders, the paper protocol and the `maskdcpt paper-eval` CLI on tiny folders laid out like
 the real sets (each with a deliberate mismatch)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from maskdcpt.data.testsets import (DATASETS, BenchmarkMissing, first_number, load_benchmark, synthesize_lq,
+from maskdcpt.data.testsets import (DATASETS, TestSetMissing, first_number, load_test_set, synthesize_lq,
                                       training_pairs)
 from maskdcpt.imageio import read_image, write_png
 
@@ -92,18 +92,18 @@ def test_first_number_key():
 
 def test_5d_layouts_match_and_report_mismatches(tmp_path):
     make_5d_root(tmp_path)
-    rain = load_benchmark("rain100l", tmp_path / "Rain100L")
+    rain = load_test_set("rain100l", tmp_path / "Rain100L")
     assert [e.id for e in rain.entries] == ["1", "2"]
     assert _reasons(rain) == [("unmatched_gt", "4"), ("unmatched_lq", "3")]
-    sots = load_benchmark("sots_outdoor", tmp_path / "SOTS" / "outdoor")
+    sots = load_test_set("sots_outdoor", tmp_path / "SOTS" / "outdoor")
     assert [e.id for e in sots.entries] == ["0001_0.8_0.2", "0002_0.8_0.2"]
     assert sots.entries[0].gt_path.name == "0001.png"
     assert _reasons(sots) == [("unmatched_lq", "0003")]
-    gopro = load_benchmark("gopro", tmp_path / "GoPro" / "test")
+    gopro = load_test_set("gopro", tmp_path / "GoPro" / "test")
     assert [e.id for e in gopro.entries] == ["GOPR0384_11_00/000001", "GOPR0384_11_00/000002",
                                              "GOPR0385_11_01/000001"]
     assert _reasons(gopro) == [("unmatched_lq", "GOPR0385_11_01/000009")]
-    lol = load_benchmark("lol_v1", tmp_path / "LOL")
+    lol = load_test_set("lol_v1", tmp_path / "LOL")
     assert [e.id for e in lol.entries] == ["1", "22"] and _reasons(lol) == [("unmatched_gt", "23")]
     pairs = list(rain)
     assert len(pairs) == 2 and pairs[0].lq.shape == pairs[0].gt.shape == (H, W, 3)
@@ -115,7 +115,7 @@ def test_12d_layouts(tmp_path):
     (d / "data").mkdir(parents=True), (d / "gt").mkdir()
     _pair(d / "data" / "0_rain.png", d / "gt" / "0_clean.png", 1)
     _pair(d / "data" / "1_rain.png", None, 2)
-    rd = load_benchmark("raindrop_a", d)
+    rd = load_test_set("raindrop_a", d)
     assert [e.id for e in rd.entries] == ["0"] and _reasons(rd) == [("unmatched_lq", "1")]
 
     v2 = tmp_path / "LOL-v2"
@@ -123,7 +123,7 @@ def test_12d_layouts(tmp_path):
     lo.mkdir(parents=True), no.mkdir(parents=True)
     _pair(lo / "low00690.png", no / "normal00690.png", 3)
     _pair(lo / "low00691.png", None, 4)
-    r = load_benchmark("lol_v2_real", v2)
+    r = load_test_set("lol_v2_real", v2)
     assert [e.id for e in r.entries] == ["00690"] and _reasons(r) == [("unmatched_lq", "00691")]
 
     hide = tmp_path / "HIDE"
@@ -132,7 +132,7 @@ def test_12d_layouts(tmp_path):
     _pair(hide / "test/test-close-ups/a.png", hide / "GT/a.png", 5)
     _pair(hide / "test/test-long-shot/b.png", hide / "GT/b.png", 6)
     _pair(None, hide / "GT/c.png", 7)
-    h = load_benchmark("hide", hide)
+    h = load_test_set("hide", hide)
     assert [e.id for e in h.entries] == ["a", "b"] and _reasons(h) == [("unmatched_gt", "c")]
 
     rb = tmp_path / "RealBlur"
@@ -140,7 +140,7 @@ def test_12d_layouts(tmp_path):
     _pair(rb / "scene1/blur/blur_1.png", rb / "scene1/gt/gt_1.png", 8)
     (rb / "RealBlur_J_test_list.txt").write_text(
         "scene1/gt/gt_1.png scene1/blur/blur_1.png\nscene1/gt/gt_2.png scene1/blur/blur_2.png\nlonely\n")
-    j = load_benchmark("realblur_j", rb)
+    j = load_test_set("realblur_j", rb)
     assert [e.id for e in j.entries] == ["scene1/blur/blur_1"]
     assert sorted(j.rejections["reason"]) == ["bad_list_line", "missing_file"]
 
@@ -151,7 +151,7 @@ def test_12d_layouts(tmp_path):
         (root / lq_dir).mkdir(parents=True), (root / gt_dir).mkdir(parents=True)
         _pair(root / lq_dir / "x1.png", root / gt_dir / "x1.png", 9)
         _pair(root / lq_dir / "x2.png", None, 10)
-        s = load_benchmark(name, root)
+        s = load_test_set(name, root)
         assert [e.id for e in s.entries] == ["x1"] and _reasons(s) == [("unmatched_lq", "x2")], name
 
 
@@ -161,23 +161,23 @@ def test_size_mismatch_is_a_rejection_at_read_time(tmp_path):
     _pair(d / "rainy/rain-001.png", d / "norain/norain-001.png", 1)
     write_png(d / "rainy/rain-002.png", _img(2, 40, 64))
     write_png(d / "norain/norain-002.png", _img(2))
-    s = load_benchmark("rain100l", d)
+    s = load_test_set("rain100l", d)
     assert len(s) == 2 and [p.id for p in s] == ["1"]
     assert _reasons(s) == [("size_mismatch", "2")]
 
 
 def test_missing_set_names_the_layout(tmp_path):
-    with pytest.raises(BenchmarkMissing) as e:
-        load_benchmark("rain100l", tmp_path / "nope")
+    with pytest.raises(TestSetMissing) as e:
+        load_test_set("rain100l", tmp_path / "nope")
     assert "rainy/" in str(e.value) and "norain/" in str(e.value) and "is missing" in str(e.value)
     (tmp_path / "half" / "rainy").mkdir(parents=True)
-    with pytest.raises(BenchmarkMissing, match="has no folder norain/"):
-        load_benchmark("rain100l", tmp_path / "half")
-    with pytest.raises(BenchmarkMissing, match="<scene>/blur"):
+    with pytest.raises(TestSetMissing, match="has no folder norain/"):
+        load_test_set("rain100l", tmp_path / "half")
+    with pytest.raises(TestSetMissing, match="<scene>/blur"):
         (tmp_path / "g").mkdir()
-        load_benchmark("gopro", tmp_path / "g")
+        load_test_set("gopro", tmp_path / "g")
     with pytest.raises(KeyError):
-        load_benchmark("no_such_set", tmp_path)
+        load_test_set("no_such_set", tmp_path)
 
 
 def test_registry_classes_are_task_classes():
@@ -195,7 +195,7 @@ def test_registry_classes_are_task_classes():
 
 def test_cbsd68_sigma25_is_the_official_noise_and_bit_identical(tmp_path):
     make_gt_only(tmp_path / "CBSD68", n=2)
-    runs = [[(p.id, p.lq, p.gt) for p in load_benchmark("cbsd68", tmp_path / "CBSD68")] for _ in range(2)]
+    runs = [[(p.id, p.lq, p.gt) for p in load_test_set("cbsd68", tmp_path / "CBSD68")] for _ in range(2)]
     for (i1, lq1, gt1), (i2, lq2, gt2) in zip(*runs):
         assert i1 == i2 and lq1.dtype == np.float32 and lq1.tobytes() == lq2.tobytes()
     state = np.random.get_state()
@@ -238,7 +238,7 @@ def test_s3_prefix_is_mirrored(tmp_path, monkeypatch):
         monkeypatch.setenv(k, v)
     src = tmp_path / "src"
     make_rain100l(src / "Rain100L")
-    local = load_benchmark("rain100l", src / "Rain100L")
+    local = load_test_set("rain100l", src / "Rain100L")
     server = start_moto(log_dir=tmp_path / "moto")
     try:
         client = boto3.client("s3", endpoint_url=server.url, region_name="us-east-1")
@@ -246,7 +246,7 @@ def test_s3_prefix_is_mirrored(tmp_path, monkeypatch):
         for f in src.rglob("*.png"):
             client.upload_file(str(f), "bench", f"sets/{f.relative_to(src).as_posix()}")
         client.put_object(Bucket="bench", Key="sets/other/ignored.png", Body=b"not under the prefix")
-        s = load_benchmark("rain100l", "s3://bench/sets/Rain100L", cache_dir=tmp_path / "cache",
+        s = load_test_set("rain100l", "s3://bench/sets/Rain100L", cache_dir=tmp_path / "cache",
                            endpoint_url=server.url)
         assert [e.id for e in s.entries] == ["1", "2"] and len(list(s)) == 2
         assert str(s.root).startswith(str(tmp_path / "cache"))
@@ -258,7 +258,7 @@ def test_s3_prefix_is_mirrored(tmp_path, monkeypatch):
             assert a.id == b.id and np.array_equal(a.lq, b.lq) and np.array_equal(a.gt, b.gt)
         # a second load is served from the cache: the objects are not fetched again
         stamps = {p: p.stat().st_mtime_ns for p in Path(s.root).rglob("*.png")}
-        again = load_benchmark("rain100l", "s3://bench/sets/Rain100L", cache_dir=tmp_path / "cache",
+        again = load_test_set("rain100l", "s3://bench/sets/Rain100L", cache_dir=tmp_path / "cache",
                                endpoint_url=server.url)
         assert [e.id for e in again.entries] == ["1", "2"]
         assert {p: p.stat().st_mtime_ns for p in Path(s.root).rglob("*.png")} == stamps
@@ -294,7 +294,7 @@ def test_paper_numbers_and_table_results():
     assert res2["ours"]["derain"]["psnr"] == 25.0 and res2["ours"]["derain"]["complete"]
 
 
-def test_cli_benchmark_end_to_end(tmp_path, capsys):
+def test_cli_paper_eval_end_to_end(tmp_path, capsys):
     from maskdcpt import metrics
     from maskdcpt.cli import main
     from maskdcpt.eval.benchmark import restore_array
@@ -305,7 +305,7 @@ def test_cli_benchmark_end_to_end(tmp_path, capsys):
     ckpt = tmp_path / "NAFNet_5d.pth"
     _checkpoint(ckpt)
     out = tmp_path / "out"
-    rc = main(["benchmark", "--preset", "paper-5d", "--root", str(root), "--model", str(ckpt), "--out", str(out),
+    rc = main(["paper-eval", "--preset", "paper-5d", "--root", str(root), "--model", str(ckpt), "--out", str(out),
                "--device", "cpu", "--only", "sots_outdoor,rain100l,cbsd68,gopro,lol_v1,cbsd68_s50"])
     cap = capsys.readouterr()
     assert rc == 0, cap.err
@@ -325,7 +325,7 @@ def test_cli_benchmark_end_to_end(tmp_path, capsys):
     assert set(pd.read_csv(out / "rejections.csv")["reason"]) == {"unmatched_lq", "unmatched_gt"}
     # recompute one image independently: EMA weights, whole image, float metrics; uint8 variant differs
     net = load_model(ckpt, device="cpu", key="params_ema")
-    pair = next(iter(load_benchmark("cbsd68", root / "CBSD68")))
+    pair = next(iter(load_test_set("cbsd68", root / "CBSD68")))
     restored = restore_array(net, pair.lq)
     row = per[(per.dataset == "cbsd68") & (per.id == pair.id)].iloc[0]
     assert row.psnr == pytest.approx(metrics.psnr(restored, pair.gt), abs=1e-9)
@@ -337,7 +337,7 @@ def test_cli_benchmark_end_to_end(tmp_path, capsys):
     assert res["tables"]["table1"]["gap_db"]["denoise"] == pytest.approx(ours - 31.41, abs=1e-3)
 
     # the raw `params` give different numbers than `params_ema`
-    rc = main(["benchmark", "--root", str(root), "--model", str(ckpt), "--out", str(tmp_path / "o2"),
+    rc = main(["paper-eval", "--root", str(root), "--model", str(ckpt), "--out", str(tmp_path / "o2"),
                "--device", "cpu", "--only", "cbsd68", "--key", "params", "--limit", "1"])
     assert rc == 0
     per2 = pd.read_csv(tmp_path / "o2" / "per_image.csv")
@@ -345,15 +345,15 @@ def test_cli_benchmark_end_to_end(tmp_path, capsys):
     assert "--limit 1" in capsys.readouterr().out
 
     # --strict turns a missing set into a failure naming the layout; --set points at one set
-    rc = main(["benchmark", "--root", str(root), "--model", str(ckpt), "--out", str(tmp_path / "o3"),
+    rc = main(["paper-eval", "--root", str(root), "--model", str(ckpt), "--out", str(tmp_path / "o3"),
                "--only", "gopro", "--strict", "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 1 and "GoPro" in err and "<scene>/blur/*.png" in err
-    rc = main(["benchmark", "--model", str(ckpt), "--out", str(tmp_path / "o4"), "--only", "rain100l",
+    rc = main(["paper-eval", "--model", str(ckpt), "--out", str(tmp_path / "o4"), "--only", "rain100l",
                "--set", f"rain100l={root / 'Rain100L'}", "--device", "cpu"])
     assert rc == 0 and json.loads((tmp_path / "o4" / "results.json").read_text())["sets"]["rain100l"]["n"] == 2
-    assert main(["benchmark", "--model", str(ckpt), "--set", "bogus"]) == 2
-    assert main(["benchmark", "--list"]) == 0 and "rain100l" in capsys.readouterr().out
+    assert main(["paper-eval", "--model", str(ckpt), "--set", "bogus"]) == 2
+    assert main(["paper-eval", "--list"]) == 0 and "rain100l" in capsys.readouterr().out
 
 
 # -------------------------------------------------------------------------------------- presets + training
@@ -366,7 +366,7 @@ def test_presets_overlay_known_keys(name):
     from pipelines.params import load_params
 
     params = load_params(REPO / "params.yaml", {"preset": name})
-    for set_name in params["benchmarks"]["sets"]:
+    for set_name in params["test_sets"]["sets"]:
         assert set_name in DATASETS
     for s in params["training_sets"]["sets"].values():
         assert s["layout"] in DATASETS
