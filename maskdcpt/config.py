@@ -62,9 +62,16 @@ def mlflow_env_defaults() -> None:
 
 
 def read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML file that must hold a mapping (empty file: ``{}``). Raises ``ValueError`` otherwise."""
+    """A YAML file that must hold a mapping (empty file: ``{}``). Raises ``ValueError`` otherwise, or when the
+    file is not valid YAML (the message names the file and the parser's line and column)."""
     with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
+        try:
+            data = yaml.safe_load(fh)
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem_mark", None)
+            at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ValueError(f"{path} is not valid YAML{at}: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

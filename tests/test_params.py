@@ -169,3 +169,15 @@ def test_trainers_read_the_schema_not_their_own_defaults(tmp_path):
     for bad in ({"bf16": "false"}, {"zero_stage": 4}, {"channels_lst": True}):
         with pytest.raises(pydantic.ValidationError):
             deepspeed_config(bad, 2, 0.0)
+
+
+def test_params_file_that_is_not_valid_yaml_is_a_params_error(tmp_path):
+    """A YAML syntax error is a ParamsError naming the file and the line, not a parser traceback."""
+    import pytest
+
+    from pipelines.params import ParamsError, load_params
+
+    bad = tmp_path / "params.yaml"
+    bad.write_text("seed: 1\npretrain: {steps: [unclosed\n")
+    with pytest.raises(ParamsError, match=r"params\.yaml is not valid YAML \(line \d+, column \d+\)"):
+        load_params(bad)

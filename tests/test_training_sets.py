@@ -68,6 +68,22 @@ def test_a_presets_set_groups_are_validated_by_the_schema(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "test_sets.rot" in err and "absent.pt" not in err       # the preset is checked before the model
 
+    # names and files are checked before the model is loaded: unknown sets and tables, a group that is not a
+    # mapping, YAML that does not parse, an empty --only
+    for body, needle in (({"test_sets": {"sets": {"bogus": {}}}}, "test_sets.sets: unknown test sets ['bogus']"),
+                         ({"test_sets": {"tables": ["table9"], "sets": {}}}, "test_sets.tables: unknown tables"),
+                         ({"test_sets": ["rain100l"]}, "test_sets must be a mapping, got list")):
+        preset.write_text(yaml.safe_dump(body))
+        assert main(["paper-eval", "--preset", str(preset), "--model", str(tmp_path / "absent.pt")]) in (1, 2)
+        err = capsys.readouterr().err
+        assert needle in err and "absent.pt" not in err, err
+    preset.write_text("test_sets: {root: [unclosed\n")
+    assert main(["paper-eval", "--preset", str(preset), "--model", str(tmp_path / "absent.pt")]) == 1
+    err = capsys.readouterr().err
+    assert "is not valid YAML (line" in err and "Traceback" not in err, err
+    assert main(["paper-eval", "--model", str(tmp_path / "absent.pt"), "--only", ","]) == 2
+    assert "--only expects set names" in capsys.readouterr().err
+
     # one set of defaults: the pipeline's validated params carry exactly the groups' defaults
     params = load_params(overrides={"training_sets": {"sets": {"r": rain}}, "test_sets": {}})
     assert {k: v for k, v in params["training_sets"].items() if k != "sets"} == {

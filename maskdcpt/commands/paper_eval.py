@@ -65,7 +65,12 @@ def _run(args: argparse.Namespace) -> int:
             print(f"error: --set expects NAME=PATH, got {item!r}", file=sys.stderr)
             return 2
         set_paths[name.strip()] = path.strip()
-    only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
+    only = None
+    if args.only is not None:
+        only = [s.strip() for s in args.only.split(",") if s.strip()]
+        if not only:
+            print(f"error: --only expects set names separated by commas, got {args.only!r}", file=sys.stderr)
+            return 2
 
     from maskdcpt.eval.protocol import run_paper_eval
 

@@ -143,7 +143,7 @@ def run_paper_eval(model: str, *, preset: str | Mapping[str, Any] = "paper-5d", 
                   limit: int | None = None, strict: bool = False, device: str = "auto", label: str | None = None,
                   save_images: bool = False, log: Callable[[str], None] = print,
                   arch: str | None = None) -> dict[str, Any]:
-    """Evaluate a checkpoint on the preset's benchmark sets and write the tables.
+    """Evaluate a checkpoint on the preset's test sets and write the tables.
 
     Args:
         model: checkpoint (ours or an official release with ``params``/``params_ema``) or MLflow URI
@@ -173,18 +173,28 @@ def run_paper_eval(model: str, *, preset: str | Mapping[str, Any] = "paper-5d", 
     from maskdcpt.inference import load_model
 
     pre = load_preset(preset) if isinstance(preset, str) else dict(preset)
-    if not isinstance(pre.get("test_sets"), Mapping):
-        raise ValueError(f"preset {preset if isinstance(preset, str) else '<dict>'} has no 'test_sets' group")
+    where = preset if isinstance(preset, str) else "<dict>"
+    if pre.get("test_sets") is None:
+        raise ValueError(f"preset {where} has no 'test_sets' group")
+    if not isinstance(pre["test_sets"], Mapping):
+        raise ValueError(f"preset {where}: test_sets must be a mapping, got {type(pre['test_sets']).__name__}")
     bench = validated_group(TestSetsParams, pre["test_sets"], "test_sets")
+    # names are checked before any model is loaded or any set evaluated
+    unknown = sorted(set(bench.sets) - set(DATASETS))
+    if unknown:
+        raise KeyError(f"test_sets.sets: unknown test sets {unknown}; known: {sorted(DATASETS)}")
+    bad_tables = [t for t in bench.tables if t not in TABLES]
+    if bad_tables:
+        raise ValueError(f"test_sets.tables: unknown tables {bad_tables}; known: {sorted(TABLES)}")
     sets_cfg: dict[str, dict] = {k: {"path": v.path, "options": dict(v.options)} for k, v in bench.sets.items()}
     for name, path in (set_paths or {}).items():
         if name not in DATASETS:
-            raise KeyError(f"--set {name}=...: unknown benchmark set; known: {sorted(DATASETS)}")
+            raise KeyError(f"--set {name}=...: unknown test set; known: {sorted(DATASETS)}")
         sets_cfg.setdefault(name, {})["location"] = path
     if only:
         unknown = [n for n in only if n not in DATASETS]
         if unknown:
-            raise KeyError(f"unknown benchmark sets {unknown}; known: {sorted(DATASETS)}")
+            raise KeyError(f"--only: unknown test sets {unknown}; known: {sorted(DATASETS)}")
         sets_cfg = {n: sets_cfg.get(n, {}) for n in only}
     root = root if root is not None else bench.root
     out = Path(out_dir)

@@ -40,7 +40,7 @@ def expected_layout(name: str, options: Mapping[str, Any] | None = None) -> str:
 
 def _spec(name: str) -> TestSetSpec:
     if name not in DATASETS:
-        raise KeyError(f"unknown benchmark set {name!r}; known: {sorted(DATASETS)}")
+        raise KeyError(f"unknown test set {name!r}; known: {sorted(DATASETS)}")
     return DATASETS[name]
 
 

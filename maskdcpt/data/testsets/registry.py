@@ -16,8 +16,10 @@ _GT_ONLY_SUBDIRS = ("original_png", "original", "HR", "GT", "gt")
 
 
 class TestSetMissing(FileNotFoundError):
-    """A benchmark set is absent or laid out differently: the message names the path and prints the expected
+    """A test set is absent or laid out differently: the message names the path and prints the expected
     tree (:func:`expected_layout`)."""
+
+    __test__ = False   # a "Test..." name that pytest must not collect
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class TestSetPair:
 
 @dataclass(frozen=True)
 class TestSetSpec:
-    """A registered benchmark set.
+    """A registered test set.
 
     Attributes:
         name: key in :data:`DATASETS` (``rain100l``...).
