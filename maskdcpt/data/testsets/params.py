@@ -66,8 +66,11 @@ G = TypeVar("G", bound=Group)
 def validated_group(cls: type[G], value: G | Mapping[str, Any] | None, name: str) -> G:
     """``value``, a preset's group ``name``, as a ``cls`` instance (None: every default).
 
-    Raises ``ValueError`` naming ``<name>.<key>`` for an unknown key or a value of the wrong type.
+    Raises ``ValueError`` when ``value`` is not a mapping, or naming ``<name>.<key>`` for an unknown key or a
+    value of the wrong type.
     """
+    if value is not None and not isinstance(value, (cls, Mapping)):
+        raise ValueError(f"{name} must be a mapping, got {type(value).__name__}")
     try:
         return as_group(cls, value)
     except ValidationError as err:

@@ -46,12 +46,12 @@ def training_pairs(preset_params: Mapping[str, Any], out_dir: str | os.PathLike,
     from maskdcpt.degradations import TASKS
     from maskdcpt.imageio import file_sha256, quantize
 
-    if not isinstance(preset_params.get("training_sets"), Mapping) or not preset_params["training_sets"].get("sets"):
+    cfg = validated_group(TrainingSetsParams, preset_params.get("training_sets"), "training_sets")
+    if not cfg.sets:
         raise ValueError("preset has no training_sets.sets (see presets/paper-5d.yaml)")
     missing = [k for k in ("seed", "task") if k not in preset_params]
     if missing:
         raise ValueError(f"training_pairs needs the params' {missing} (the pipeline passes validated params)")
-    cfg = validated_group(TrainingSetsParams, preset_params["training_sets"], "training_sets")
     task = preset_params["task"]
     classes = list(task.get("classes") or TASKS[task["name"]])   # empty classes: the task's registered list
     seed = int(preset_params["seed"])
@@ -63,7 +63,8 @@ def training_pairs(preset_params: Mapping[str, Any], out_dir: str | os.PathLike,
     for set_name, s in cfg.sets.items():
         layout = s.layout
         if layout not in DATASETS:
-            raise ValueError(f"training set {set_name!r}: layout must be a test set name (maskdcpt paper-eval --list), got {layout!r}")
+            raise ValueError(f"training set {set_name!r}: layout must be a test set name "
+                             f"(maskdcpt paper-eval --list), got {layout!r}")
         cls = s.class_
         if cls not in classes:
             raise ValueError(f"training set {set_name!r}: class {cls!r} not in the task classes {classes}")
@@ -72,8 +73,7 @@ def training_pairs(preset_params: Mapping[str, Any], out_dir: str | os.PathLike,
         loc = s.path if s.path.startswith(("/", "s3://")) or not base else f"{base.rstrip('/')}/{s.path}"
         opts = dict(s.options)
         try:
-            pairs = load_test_set(layout, loc, limit=limit, options=opts,
-                                  cache_dir=cfg.cache_dir)
+            pairs = load_test_set(layout, loc, limit=limit, options=opts, cache_dir=cfg.cache_dir)
         except TestSetMissing as e:
             rejected.append({"dataset": set_name, "id": None, "lq_path": None, "gt_path": None,
                              "reason": "missing_set", "detail": str(e)})
