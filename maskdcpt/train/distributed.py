@@ -59,6 +59,8 @@ def deepspeed_config(ds: DeepSpeedParams | Mapping[str, Any], micro_batch: int, 
     :class:`~maskdcpt.train.params.DeepSpeedParams`' defaults).
 
     ``train_batch_size = micro_batch x gradient_accumulation_steps x world_size`` is derived by DeepSpeed.
+    ``gradient_clipping`` is always written: DeepSpeed's own default is 1.0, so leaving it out for
+    ``grad_clip = 0`` would clip every step at norm 1 instead of not at all.
     Raises ``pydantic.ValidationError`` (a ``ValueError``) for a ZeRO stage outside 0-3 or an unknown key.
     """
     ds = as_group(DeepSpeedParams, ds)
@@ -69,9 +71,8 @@ def deepspeed_config(ds: DeepSpeedParams | Mapping[str, Any], micro_batch: int, 
         "bf16": {"enabled": ds.bf16},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
+        "gradient_clipping": float(grad_clip) if grad_clip and grad_clip > 0 else 0.0,
     }
-    if grad_clip and grad_clip > 0:
-        cfg["gradient_clipping"] = float(grad_clip)
     return cfg
 
 

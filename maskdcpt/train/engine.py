@@ -196,9 +196,12 @@ def train(
         data.bind(rank, world)
     cfg = deepspeed_config(ds_params, micro_batch, grad_clip)
     # ZeRO-0 in fp32: torch's multi-tensor clip_grad_norm_ at the accumulation boundary (after DeepSpeed has
-    # averaged the gradients) instead of DeepSpeed's per-tensor loop; the same global-norm clipping.
+    # averaged the gradients) instead of DeepSpeed's per-tensor loop; the same global-norm clipping. DeepSpeed's
+    # clipping is then switched off (0.0, not left out: its default is 1.0).
     own_clip = (cfg["zero_optimization"]["stage"] == 0 and not cfg["bf16"]["enabled"]
-                and cfg.pop("gradient_clipping", 0.0) > 0)
+                and cfg["gradient_clipping"] > 0)
+    if own_clip:
+        cfg["gradient_clipping"] = 0.0
     channels_last = ds_params.channels_last
     optimizer = torch.optim.AdamW(param_groups, betas=(0.9, 0.999), weight_decay=weight_decay,
                                   fused=_can_fuse_adamw(param_groups))
