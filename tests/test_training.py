@@ -36,7 +36,7 @@ def test_engine_trains_the_weights_of_a_plain_torch_loop(tmp_path, zero_stage, g
     train_tiny(run, run / "ckpt", 6, "--zero-stage", zero_stage, *common)
     a = torch.load(ref / "final.pt", weights_only=False)
     b = torch.load(run / "final.pt", weights_only=False)
-    assert a["losses"][0] > 5.0  # the scaled L1; its gradient norm is larger still
+    assert len(a["grad_norms"]) == 6 and min(a["grad_norms"]) > 20.0  # every step far above both clip norms
     for key in a["params"]:
         torch.testing.assert_close(b["params"][key], a["params"][key], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(b["params_ema"][key], a["params_ema"][key], atol=1e-5, rtol=1e-5)

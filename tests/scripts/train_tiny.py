@@ -87,6 +87,7 @@ def train_plain():
         loss, logs = compute_loss(net, make_batch(gen, 4), gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        grad_norms.append(float(torch.nn.utils.get_total_norm([q.grad for q in net.parameters()])))
         if args.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)
         opt.step()
@@ -96,7 +97,7 @@ def train_plain():
     return net, ema, engine.TrainResult(step=args.steps)
 
 
-losses = []
+losses, grad_norms = [], []  # grad_norms: before clipping, --plain only
 module, ema, result = train_plain() if args.plain else engine.train(
     net, [{"params": list(net.parameters()), "lr": 1e-3}],
     ds_params={"zero_stage": args.zero_stage, "channels_last": args.channels_last}, micro_batch=4,
@@ -105,5 +106,6 @@ module, ema, result = train_plain() if args.plain else engine.train(
     checkpoint_every=2, resume=args.resume, log_every=1, on_log=lambda s, v: losses.append(v["loss"]),
     progress=False)
 engine.atomic_torch_save({"params": module.state_dict(), "params_ema": ema.shadow, "losses": losses,
-                          "channels_last": layouts, "resumed_from": result.resumed_from}, Path(args.out) / "final.pt")
+                          "channels_last": layouts, "resumed_from": result.resumed_from,
+                          "grad_norms": grad_norms}, Path(args.out) / "final.pt")
 engine.shutdown_distributed()
