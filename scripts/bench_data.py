@@ -247,10 +247,11 @@ def main() -> int:
         small = tmp / f"s{sizes[0]}"
         # alternating fresh processes (stream, memory, stream, memory, ...): a one-off pair of runs moved by 20-45 %
         # between two runs of this script on an idle 2-core AMD EPYC, more than the 5 % it is meant to resolve
+        rounds = 1 if args.quick else 3
         strm, mem = [runs[sizes[0]]], []
-        for r in range(1 if args.quick else 3):
+        for r in range(rounds):
             mem.append(_run_child(str(small), str(steps), "memory"))
-            if r < (0 if args.quick else 2):
+            if r < rounds - 1:
                 strm.append(_run_child(str(small), str(steps), "stream"))
         out["data_wait_fraction"] = round(statistics.median(r["data_wait_fraction"] for r in strm), 4)
         s_mem = statistics.median(r["step_seconds"] for r in mem)
