@@ -283,7 +283,7 @@ def make_shard(project_dir: str, split: str, k: int) -> int:
     args = training_split_args(params, root, split)
     _, rows = synthesize_training_shard(pool, task_classes(params), args["pairs_per_class"], int(s["crop"]),
                                         args["seed"], synthesis_staging(params, root), int(k), split=split,
-                                        shard_size=int(s["shard_size"]))
+                                        shard_size=int(s["shard_size"]), tone=args["tone"])
     return len(rows)
 
 
@@ -307,7 +307,7 @@ def synthesize_shards(project_dir: str | None = None, split: str = "train", star
     pool = photos[photos["split"] == "train"].reset_index(drop=True)
     args = training_split_args(params, root, split)
     plan = plan_training_pairs(pool, task_classes(params), args["pairs_per_class"], int(s["crop"]), args["seed"],
-                               split=split)
+                               split=split, tone=args["tone"])
     n_shards = math.ceil(len(plan) / int(s["shard_size"]))
     ks = list(range(max(start, 0), min(stop if stop is not None else n_shards, n_shards)))
     t0 = time.perf_counter()

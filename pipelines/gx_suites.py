@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import math
 from typing import Any
 
 import pandas as pd
@@ -114,6 +115,25 @@ def params_in_range(params_json: str, ranges: dict[str, Any]) -> bool:
     return True
 
 
+def tone_valid(tone_json: Any, allowed: bool) -> bool:
+    """Whether a recorded ``gt_tone`` is no tone (``"{}"``, or absent: NaN) or, where ``allowed`` (training
+    rows), a tone of :func:`maskdcpt.data.pair_recipe.apply_tone`: finite ``gamma`` > 0, ``contrast`` > 0 and
+    ``shift``."""
+    if not isinstance(tone_json, str):
+        return bool(pd.isna(tone_json))
+    try:
+        tone = json.loads(tone_json)
+    except ValueError:
+        return False
+    if tone == {}:
+        return True
+    if not allowed or not isinstance(tone, dict) or set(tone) != {"gamma", "contrast", "shift"}:
+        return False
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in tone.values()):
+        return False
+    return tone["gamma"] > 0 and tone["contrast"] > 0
+
+
 def validate_manifest(pairs: pd.DataFrame, photos: pd.DataFrame, rejections: pd.DataFrame, classes: list[str],
                       crop: int, max_rejection_rate: float, psnr_bands: dict[str, list[float]] | None = None,
                       pairs_per_class: dict[str, int] | None = None, count_tolerance: float = 0.0) -> dict[str, Any]:
@@ -121,7 +141,8 @@ def validate_manifest(pairs: pd.DataFrame, photos: pd.DataFrame, rejections: pd.
 
     ``photos`` is the prepared-photo manifest (its benchmark rows give the held-out sha256 set) and
     ``rejections`` the photos rejected while preparing (the rejection rate must stay below the threshold).
-    Extended checks on the training/validation rows: seeds unique per split, parameters parse and lie in the
+    Every recorded clean-crop tone (``gt_tone``) is valid, and only training rows have one (validation and
+    benchmark crops keep their photos' tone). Extended checks on the training/validation rows: seeds unique per split, parameters parse and lie in the
     registry's declared ranges, PSNR(LQ, GT) of each class inside its declared band (``psnr_bands``), and the
     pair count of each class within ``count_tolerance`` of the declared ``pairs_per_class`` per split.
     """
@@ -130,6 +151,10 @@ def validate_manifest(pairs: pd.DataFrame, photos: pd.DataFrame, rejections: pd.
     suites = manifest_expectations(classes, crop, bench_sha)
     training = pairs[pairs["split"].isin(["train", "val"])].copy()
     frames = {"pairs": pairs, "training": training, "benchmark": pairs[pairs["split"] == "benchmark"]}
+    if "gt_tone" in pairs.columns:
+        frames["pairs"] = pairs.assign(tone_valid=[tone_valid(t, sp == "train")
+                                                   for t, sp in zip(pairs["gt_tone"], pairs["split"])])
+        suites["pairs"] = suites["pairs"] + [gxe.ExpectColumnValuesToBeInSet(column="tone_valid", value_set=[True])]
     from maskdcpt.degradations import get_degradation
 
     training["params_in_range"] = [params_in_range(pj, get_degradation(d).param_ranges) if d in classes else False

@@ -79,6 +79,20 @@ def _default_benchmark() -> list[BenchmarkEntry]:
             + [BenchmarkEntry(degradation="defocus_blur", label="defocus_blur_unseen", unseen=True)])
 
 
+class ToneParams(Group):
+    """Random tone of the clean training crops before they are degraded (:func:`maskdcpt.data.pair_recipe.draw_tone`)."""
+    prob: Annotated[Real, Field(ge=0.0, le=1.0)] = 0.5
+    gamma: NonNegFloat = 0.3
+    contrast: Annotated[list[PosFloat], Field(min_length=2, max_length=2)] = [0.7, 1.0]
+    shift: NonNegFloat = 0.1
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ToneParams":
+        if self.contrast[0] > self.contrast[1]:
+            raise ValueError(f"synthesize.tone.contrast must be [low, high] with low <= high, got {self.contrast}")
+        return self
+
+
 class SynthesizeParams(Group):
     crop: PosInt = 96
     train_pairs_per_class: PosInt = 192
@@ -88,6 +102,7 @@ class SynthesizeParams(Group):
     staging_dir: str = ""
     benchmark_max_size: PosInt | None = 256
     benchmark: list[BenchmarkEntry] = Field(default_factory=_default_benchmark)
+    tone: ToneParams = Field(default_factory=ToneParams)
 
     @model_validator(mode="after")
     def _unique_labels(self) -> "SynthesizeParams":

@@ -109,6 +109,25 @@ def test_parameter_range_catches_out_of_range_and_unreadable_params(manifest):
     assert _check(project, params, broken) == expected
 
 
+def test_tone_contract_catches_a_toned_held_out_crop_and_a_bad_tone(manifest):
+    project, params, pairs = manifest
+    toned = pairs.index[(pairs["split"] == "train") & (pairs["gt_tone"] != "{}")]
+    assert len(toned) and params["synthesize"]["tone"]["prob"] > 0   # the default run tones training crops...
+    assert (pairs.loc[pairs["split"] != "train", "gt_tone"] == "{}").all()   # ...and no other crop
+    tone = pairs.loc[toned[0], "gt_tone"]
+    expected = {("pairs", "expect_column_values_to_be_in_set")}
+    for split in ("val", "benchmark"):   # a held-out crop must keep its photo's tone
+        broken = pairs.copy()
+        broken.loc[pairs.index[pairs["split"] == split][0], "gt_tone"] = tone
+        assert _check(project, params, broken) == expected, split
+    good = json.loads(tone)
+    for bad in ({**good, "gamma": 0.0}, {**good, "contrast": -0.5}, {"gamma": 1.0}, {**good, "hue": 0.1},
+                {**good, "shift": float("nan")}, "{not json"):
+        broken = pairs.copy()
+        broken.loc[toned[0], "gt_tone"] = bad if isinstance(bad, str) else json.dumps(bad)
+        assert _check(project, params, broken) == expected, bad
+
+
 def test_unique_seed_per_split(manifest):
     project, params, pairs = manifest
     train = pairs.index[pairs["split"] == "train"]

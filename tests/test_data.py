@@ -16,8 +16,10 @@ from maskdcpt.data.photos import (
     prepare_photos,
 )
 from maskdcpt.data.shards import read_shard, write_shard
+from maskdcpt.data.pair_recipe import apply_tone, draw_tone
 from maskdcpt.data.synthesize import (
     PAIR_COLUMNS,
+    SYNTH_COLUMNS,
     regenerate_pair,
     synthesize_benchmark_pairs,
     synthesize_training_pairs,
@@ -201,7 +203,7 @@ def _check_shards_match(out_dir: Path, df: pd.DataFrame, prepared_dir: Path) -> 
 def test_training_pairs_regenerate_and_exclude_benchmark(prepared, tmp_path):
     prep_dir, manifest = prepared
     df = synthesize_training_pairs(manifest, FIVE_D, 3, 64, 42, tmp_path / "a", shard_size=4)
-    assert list(df.columns) == PAIR_COLUMNS
+    assert list(df.columns) == SYNTH_COLUMNS and set(PAIR_COLUMNS) < set(SYNTH_COLUMNS)
     assert len(df) == 15 and df.pair_id.is_unique
     assert sorted((tmp_path / "a").glob("*.tar")) == [tmp_path / "a" / f"train-{i:05d}.tar" for i in range(4)]
     assert all((tmp_path / "a" / f"train-{i:05d}.tar.done.json").is_file() for i in range(4))
@@ -225,7 +227,7 @@ def test_benchmark_pairs(prepared, tmp_path):
     entries = [{"degradation": "gaussian_noise", "params": {"sigma": 25}, "label": "gaussian_noise_s25"},
                {"degradation": "haze"}]
     df = synthesize_benchmark_pairs(manifest, entries, 100, tmp_path, max_size=200)
-    assert set(PAIR_COLUMNS) | {"label"} == set(df.columns)
+    assert set(SYNTH_COLUMNS) | {"label"} == set(df.columns) and (df.gt_tone == "{}").all()
     assert set(df.image_id) == {"skimage-chelsea", "skimage-camera"} and len(df) == 4
     assert (df.height % 16 == 0).all() and (df.width % 16 == 0).all() and (df[["height", "width"]] <= 200).all().all()
     assert (df.lq_bit_depth == 16).all()
@@ -239,6 +241,73 @@ def test_benchmark_pairs(prepared, tmp_path):
     full = synthesize_benchmark_pairs(manifest, entries[:1], 0, tmp_path / "full")
     chelsea = full.set_index("image_id").loc["skimage-chelsea"]
     assert (chelsea.height, chelsea.width) == (300, 451)
+
+
+TONE = {"prob": 0.5, "gamma": 0.5, "contrast": [0.4, 1.0], "shift": 0.2}
+
+
+def test_apply_tone_matches_hand_computed_values():
+    flat = np.full((2, 2, 3), 0.25, np.float32)
+    # gamma 2: 0.0625 everywhere, the mean; shift 0.1 → 0.1625 → 8-bit round(41.44) = 41
+    out = apply_tone(flat, {"gamma": 2.0, "contrast": 0.7, "shift": 0.1})
+    assert np.array_equal(out, np.full_like(flat, 41 / 255))
+    two = np.array([[[0.2] * 3, [0.6] * 3]], np.float32)
+    # gamma 1, mean 0.4, contrast 0.5: 0.3 and 0.5 → 76.5 → 76 (round half to even), 127.5 → 128
+    out = apply_tone(two, {"gamma": 1.0, "contrast": 0.5, "shift": 0.0})
+    assert np.array_equal(out[0, :, 0], np.array([76, 128], np.float32) / 255)
+    # clipped to [0, 1]
+    assert apply_tone(two, {"gamma": 1.0, "contrast": 1.0, "shift": 0.9}).max() == 1.0
+    assert apply_tone(two, {}) is two
+
+
+def test_draw_tone_config_and_stream():
+    assert draw_tone(7, None) == {} and draw_tone(7, {**TONE, "prob": 0.0}) == {}
+    tones = [draw_tone(s, TONE) for s in range(400)]
+    assert tones == [draw_tone(s, TONE) for s in range(400)]  # a pure function of (seed, config)
+    drawn = [t for t in tones if t]
+    assert 160 <= len(drawn) <= 240
+    g = np.log([t["gamma"] for t in drawn])
+    assert g.min() >= -0.5 and g.max() <= 0.5 and g.min() < -0.4 and g.max() > 0.4
+    c = np.array([t["contrast"] for t in drawn])
+    assert c.min() >= 0.4 and c.max() <= 1.0
+    sh = np.array([t["shift"] for t in drawn])
+    assert sh.min() >= -0.2 and sh.max() <= 0.2 and sh.min() < -0.15 and sh.max() > 0.15
+    assert all(draw_tone(s, {**TONE, "prob": 1.0}) for s in range(50))
+    for bad in ({**TONE, "prob": 1.5}, {**TONE, "contrast": [0.9, 0.5]}, {**TONE, "contrast": [0.0, 1.0]},
+                {**TONE, "gamma": -1}, {"prob": 0.5}, {**TONE, "hue": 0.1}):
+        with pytest.raises(ValueError, match="tone config"):
+            draw_tone(1, bad)
+
+
+def test_tone_changes_only_the_drawn_clean_crops_and_regenerates(prepared, tmp_path):
+    prep_dir, manifest = prepared
+    plain = synthesize_training_pairs(manifest, FIVE_D, 8, 64, 42, tmp_path / "plain", shard_size=8)
+    toned = synthesize_training_pairs(manifest, FIVE_D, 8, 64, 42, tmp_path / "toned", shard_size=8, tone=TONE)
+    # the tone has its own random stream: photos, crops, seeds and degradation parameters are unchanged
+    cols = ["pair_id", "image_id", "seed", "crop_y", "crop_x", "params"]
+    pd.testing.assert_frame_equal(plain[cols], toned[cols])
+    assert (plain.gt_tone == "{}").all()
+    tones = {k: json.loads(t) for k, t in zip(toned.key, toned.gt_tone)}
+    assert tones == {k: draw_tone(s, TONE) for k, s in zip(toned.key, toned.seed)}
+    assert 8 <= sum(map(bool, tones.values())) <= 32  # 40 pairs at prob 0.5
+    before = {s["key"]: s for sh in sorted((tmp_path / "plain").glob("*.tar")) for s in read_shard(sh)}
+    after = {s["key"]: s for sh in sorted((tmp_path / "toned").glob("*.tar")) for s in read_shard(sh)}
+    for key, tone in tones.items():
+        if tone:  # the stored GT is the toned crop of the photo, and the LQ is made from it
+            assert after[key]["meta"]["gt_tone"] == tone
+            assert np.array_equal(after[key]["gt"], apply_tone(before[key]["gt"], tone))
+            assert not np.array_equal(after[key]["gt"], before[key]["gt"])
+        else:
+            assert "gt_tone" not in after[key]["meta"]
+            assert np.array_equal(after[key]["gt"], before[key]["gt"])
+            assert np.array_equal(after[key]["lq"], before[key]["lq"])
+    assert _check_shards_match(tmp_path / "toned", toned, prep_dir) == 40
+    # prob 0 is the untoned synthesis byte for bit; a changed tone config remakes finished shards
+    synthesize_training_pairs(manifest, FIVE_D, 8, 64, 42, tmp_path / "zero", shard_size=8, tone={**TONE, "prob": 0.0})
+    assert _snapshot(tmp_path / "zero") == _snapshot(tmp_path / "plain")
+    again = synthesize_training_pairs(manifest, FIVE_D, 8, 64, 42, tmp_path / "plain", shard_size=8, tone=TONE)
+    pd.testing.assert_frame_equal(again, toned)
+    assert _snapshot(tmp_path / "plain") == _snapshot(tmp_path / "toned")
 
 
 # --------------------------------------------------------------------------- resume, workers, shard k

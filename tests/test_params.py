@@ -52,6 +52,9 @@ def test_schema_defaults_are_params_yaml():
     ({"model.preset": "huge"}, "model.preset: "),
     ({"validate.psnr_lq_gt_bands": {"snow": [1, 80]}}, "keys must be task classes"),
     ({"register.model_name": "maskdcpt-nafnet-12d"}, "must end with the task '-5d'"),
+    ({"synthesize.tone.contrast": [0.9, 0.5]}, "synthesize.tone.contrast must be [low, high] with low <= high"),
+    ({"synthesize.tone.prob": 1.5}, "synthesize.tone.prob: Input should be less than or equal to 1"),
+    ({"synthesize.tone.contrast": [0.5]}, "synthesize.tone.contrast: List should have at least 2 items"),
 ])
 def test_bad_values_are_errors_that_say_what(override, message):
     with pytest.raises(ParamsError) as err:

@@ -19,8 +19,8 @@ from maskdcpt.data.shard_jobs import GT_BIT_DEPTH
 from maskdcpt.degradations import degrade
 from maskdcpt.imageio import file_sha256, image_info, quantize, read_image
 
-__all__ = ["PAIR_COLUMNS", "SELECT_STREAM", "pair_seed", "psnr", "load_photo", "photo_path", "photo_table",
-           "make_pair", "pair_frame", "regenerate_pair"]
+__all__ = ["PAIR_COLUMNS", "SELECT_STREAM", "TONE_STREAM", "pair_seed", "psnr", "load_photo", "photo_path",
+           "photo_table", "draw_tone", "apply_tone", "tone_of", "make_pair", "pair_frame", "regenerate_pair"]
 
 PAIR_COLUMNS = [
     "pair_id", "split", "image_id", "image_sha256", "image_png_sha256", "degradation", "class_index",
@@ -28,6 +28,49 @@ PAIR_COLUMNS = [
     "lq_bit_depth",
 ]
 SELECT_STREAM = 2  # spawn key reserved for photo/crop selection (degrade uses 0 and 1)
+TONE_STREAM = 3    # spawn key of the clean crop's tone draw (:func:`draw_tone`)
+TONE_KEYS = ("prob", "gamma", "contrast", "shift")
+
+
+def draw_tone(seed: int, cfg: Mapping[str, Any] | None) -> dict[str, float]:
+    """The tone change of the clean crop of pair seed ``seed``: ``{}`` (crop left as it is) or
+    ``{"gamma", "contrast", "shift"}`` for :func:`apply_tone`.
+
+    ``cfg``: ``prob`` (share of crops changed, [0, 1]), ``gamma`` (g ≥ 0: gamma = exp(U(−g, g))), ``contrast``
+    ([low, high] with 0 < low ≤ high: contrast factor U(low, high)), ``shift`` (s ≥ 0: mean shift U(−s, s));
+    ``None`` or ``prob`` 0 draws nothing. Drawn from ``SeedSequence(seed, spawn_key=(TONE_STREAM,))``, so the
+    crop, degradation parameters and noise of the pair do not change with ``cfg``.
+    Raises ``ValueError`` for missing, unknown or out-of-range keys.
+    """
+    if cfg is None:
+        return {}
+    cfg = dict(cfg)
+    if set(cfg) != set(TONE_KEYS):
+        raise ValueError(f"tone config needs exactly the keys {TONE_KEYS}, got {sorted(cfg)}")
+    prob, gamma, shift = float(cfg["prob"]), float(cfg["gamma"]), float(cfg["shift"])
+    low, high = (float(v) for v in cfg["contrast"])
+    if not (0.0 <= prob <= 1.0 and gamma >= 0.0 and shift >= 0.0 and 0.0 < low <= high):
+        raise ValueError(f"tone config out of range: {cfg} (prob in [0, 1], gamma >= 0, shift >= 0, "
+                         "0 < contrast low <= high)")
+    if prob == 0.0:
+        return {}
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(TONE_STREAM,)))
+    if rng.random() >= prob:
+        return {}
+    return {"gamma": float(math.exp(rng.uniform(-gamma, gamma))), "contrast": float(rng.uniform(low, high)),
+            "shift": float(rng.uniform(-shift, shift))}
+
+
+def apply_tone(gt: np.ndarray, tone: Mapping[str, float]) -> np.ndarray:
+    """``gt`` (H, W, 3) float in [0, 1] with the tone ``tone`` (:func:`draw_tone`): ``y = gt ** gamma``, then
+    ``m + shift + contrast · (y − m)`` with ``m`` the mean of ``y`` over all pixels and channels, clipped to
+    [0, 1] and rounded to 8 bits (the clean crop is stored as 8-bit, and the LQ is made from exactly that).
+    ``{}`` returns ``gt`` unchanged. float32."""
+    if not tone:
+        return gt
+    y = np.asarray(gt, np.float64) ** float(tone["gamma"])
+    m = float(y.mean())
+    return quantize(m + float(tone["shift"]) + float(tone["contrast"]) * (y - m), GT_BIT_DEPTH)
 
 
 def pair_seed(seed: int, class_index: int, index: int) -> int:
@@ -93,6 +136,12 @@ def photo_table(images: pd.DataFrame, prepared_dir, *, keep_split: str | None, d
     return rows
 
 
+def tone_of(row: Mapping[str, Any]) -> dict[str, float]:
+    """The recorded tone of a manifest row (column ``gt_tone``, JSON; absent, NaN or ``"{}"``: none)."""
+    value = row.get("gt_tone")
+    return json.loads(value) if isinstance(value, str) and value else {}
+
+
 def make_pair(gt: np.ndarray, degradation: str, seed: int, params, lq_bit_depth: int):
     lq, full = degrade(gt, degradation, seed, params=params)
     stored_lq = quantize(lq, lq_bit_depth)
@@ -120,7 +169,8 @@ def regenerate_pair(
 
     Returns ``(lq, gt)``, float32 ``(height, width, 3)``. With ``quantized=True`` (default) the LQ is rounded
     to the row's ``lq_bit_depth`` exactly as the shard stores it, so both arrays equal the shard's decoded
-    ``lq``/``gt`` bit for bit; with ``quantized=False`` the un-quantised float LQ is returned.
+    ``lq``/``gt`` bit for bit; with ``quantized=False`` the un-quantised float LQ is returned. A recorded
+    ``gt_tone`` is applied to the crop first (:func:`apply_tone`).
     With ``verify`` the prepared PNG's sha256 is checked against ``image_png_sha256`` when the row has one
     (``ValueError`` on mismatch).
     """
@@ -134,6 +184,7 @@ def regenerate_pair(
     gt = np.ascontiguousarray(img[y:y + h, x:x + w])
     if gt.shape[:2] != (h, w):
         raise ValueError(f"crop {h}x{w} at ({y}, {x}) does not fit {row['image_id']} {img.shape[:2]}")
+    gt = apply_tone(gt, tone_of(row))
     params = row["params"]
     params = json.loads(params) if isinstance(params, str) else dict(params)
     lq, _ = degrade(gt, row["degradation"], int(row["seed"]), params=params)

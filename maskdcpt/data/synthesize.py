@@ -6,7 +6,9 @@ Seeds (docs/method.md §8: every random choice derives from a recorded seed)
   ``pair_seed = SeedSequence([seed, c, i]).generate_state(1)[0]`` (a uint32, recorded as ``seed``).
   From it, stream ``SeedSequence(pair_seed, spawn_key=(2,))`` chooses the photo (uniform over the eligible
   training photos sorted by ``image_id``) and the crop position (uniform), then
-  ``degrade(crop, class, pair_seed)`` uses spawn keys 0 (parameters) and 1 (noise field).
+  ``degrade(crop, class, pair_seed)`` uses spawn keys 0 (parameters) and 1 (noise field). With a ``tone``
+  config, spawn key 3 draws whether and how the clean crop's tone changes before it is degraded
+  (:func:`~maskdcpt.data.pair_recipe.draw_tone`, recorded as ``gt_tone``).
   Pair ``i`` of a class therefore does not depend on ``pairs_per_class``, shard size, or other classes.
 * Benchmark entry ``k`` (position in ``entries``) uses ``seed + k`` for **every** benchmark photo, the
   analogue of the official test code re-seeding with 0 for every image (docs/method.md §5.2).
@@ -43,13 +45,14 @@ import pandas as pd
 
 from maskdcpt.data.shard_jobs import (GT_BIT_DEPTH, make_shard, plan_entry, shard_done, shard_tasks,  # noqa: F401
                                       sidecar, synthesis_fingerprint, write_shards)
-from maskdcpt.data.pair_recipe import (PAIR_COLUMNS, SELECT_STREAM, load_photo, make_pair,  # noqa: F401
-                                       pair_frame, pair_seed, photo_table, psnr, regenerate_pair)
+from maskdcpt.data.pair_recipe import (PAIR_COLUMNS, SELECT_STREAM, apply_tone, draw_tone, load_photo,  # noqa: F401
+                                       make_pair, pair_frame, pair_seed, photo_table, psnr, regenerate_pair)
 from maskdcpt.data.shards import KEY_PATTERN
 from maskdcpt.degradations import TASKS, get_degradation
 
 __all__ = [
     "PAIR_COLUMNS",
+    "SYNTH_COLUMNS",
     "pair_seed",
     "synthesize_training_pairs",
     "synthesize_benchmark_pairs",
@@ -60,7 +63,10 @@ __all__ = [
     "psnr",
 ]
 
-#: Manifest columns of both synthesis functions (benchmark adds ``label``).
+#: Manifest columns of both synthesis functions (benchmark adds ``label``): the pair's columns and its tone.
+SYNTH_COLUMNS = PAIR_COLUMNS + ["gt_tone"]
+
+
 def synthesize_training_pairs(
     images: pd.DataFrame,
     classes: Sequence[str],
@@ -77,6 +83,7 @@ def synthesize_training_pairs(
     progress: bool = False,
     resume: bool = True,
     real_classes: str = "error",
+    tone: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Synthesise ``pairs_per_class`` random ``crop × crop`` training pairs for every class.
 
@@ -110,6 +117,9 @@ def synthesize_training_pairs(
         What to do with classes of kind ``'real'`` (pairs from captured folders only,
         :func:`maskdcpt.data.sources.collect_real_pairs`): ``"error"`` raises ``ValueError``; ``"skip"``
         synthesises the other classes and keeps every class's index.
+    tone : mapping, optional
+        Random tone of the clean crops before they are degraded (``prob``, ``gamma``, ``contrast``, ``shift``;
+        :func:`~maskdcpt.data.pair_recipe.draw_tone`); ``None``: crops as cut from the photo.
 
     Returns
     -------
@@ -118,16 +128,17 @@ def synthesize_training_pairs(
         ``image_id``, ``image_sha256`` (source file), ``image_png_sha256`` (prepared PNG, if known),
         ``degradation``, ``class_index``, ``params`` (JSON), ``seed`` (the pair seed), ``crop_y``,
         ``crop_x``, ``height``, ``width`` (px), ``shard`` (file name), ``key``, ``psnr_lq_gt`` (dB, float
-        LQ vs GT, peak 1), ``lq_differs`` (stored LQ ≠ stored GT), ``lq_bit_depth``.
+        LQ vs GT, peak 1), ``lq_differs`` (stored LQ ≠ stored GT), ``lq_bit_depth``, ``gt_tone`` (JSON, ``{}``
+        when the crop's tone is unchanged).
 
-    Raises ``ValueError`` for unknown classes, no eligible photo, or bad sizes.
+    Raises ``ValueError`` for unknown classes, no eligible photo, bad sizes or a bad ``tone`` config.
     """
     specs = plan_training_pairs(images, classes, pairs_per_class, crop, seed, split=split,
-                                prepared_dir=prepared_dir, real_classes=real_classes)
+                                prepared_dir=prepared_dir, real_classes=real_classes, tone=tone)
     ctx = {"maker": f"{__name__}:_make_training", "split": split, "crop": int(crop), "lq_bit_depth": int(lq_bit_depth)}
     rows = write_shards(Path(out_dir), split, specs, shard_size, ctx, workers=workers, progress=progress,
                          resume=resume)
-    return pair_frame(rows, PAIR_COLUMNS)
+    return pair_frame(rows, SYNTH_COLUMNS)
 
 
 def plan_training_pairs(
@@ -140,9 +151,10 @@ def plan_training_pairs(
     split: str = "train",
     prepared_dir: str | os.PathLike | None = None,
     real_classes: str = "error",
+    tone: Mapping[str, Any] | None = None,
 ) -> list[dict]:
     """The ordered plan of a training split: one dict per pair (``i``, ``ci``, ``c``, ``seed``, ``photo``,
-    ``y``, ``x``), interleaved by class (pair 0 of every class, then pair 1, ...). Cheap: no pixel is read.
+    ``y``, ``x``, ``tone``), interleaved by class (pair 0 of every class, then pair 1, ...). Cheap: no pixel is read.
     Arguments and errors as :func:`synthesize_training_pairs`."""
     classes = list(classes)
     for c in classes:
@@ -163,6 +175,7 @@ def plan_training_pairs(
               if min(r["width"], r["height"]) >= crop]
     if pairs_per_class > 0 and not photos:
         raise ValueError(f"no training photo has both sides >= crop={crop}")
+    draw_tone(0, tone)  # a bad config fails here, before any pair
     specs = []
     for i in range(pairs_per_class):
         for ci, c in enumerate(classes):
@@ -173,7 +186,8 @@ def plan_training_pairs(
             photo = photos[int(rng.integers(len(photos)))]
             y = int(rng.integers(0, photo["height"] - crop + 1))
             x = int(rng.integers(0, photo["width"] - crop + 1))
-            specs.append({"i": i, "ci": ci, "c": c, "seed": s, "photo": photo, "y": y, "x": x})
+            specs.append({"i": i, "ci": ci, "c": c, "seed": s, "photo": photo, "y": y, "x": x,
+                          "tone": draw_tone(s, tone)})
     return specs
 
 
@@ -192,6 +206,7 @@ def synthesize_training_shard(
     prepared_dir: str | os.PathLike | None = None,
     resume: bool = True,
     real_classes: str = "error",
+    tone: Mapping[str, Any] | None = None,
 ) -> tuple[int, pd.DataFrame]:
     """Make shard ``k`` (0-based) of a training split on its own: returns ``(n_shards, rows_of_shard_k)``.
 
@@ -201,7 +216,7 @@ def synthesize_training_shard(
     (``resume=True``) only assembles the manifest. ``ValueError`` if ``k`` is not in ``[0, n_shards)``.
     """
     specs = plan_training_pairs(images, classes, pairs_per_class, crop, seed, split=split,
-                                prepared_dir=prepared_dir, real_classes=real_classes)
+                                prepared_dir=prepared_dir, real_classes=real_classes, tone=tone)
     ctx = {"maker": f"{__name__}:_make_training", "split": split, "crop": int(crop), "lq_bit_depth": int(lq_bit_depth)}
     tasks = shard_tasks(Path(out_dir), split, specs, shard_size, ctx)
     if not 0 <= int(k) < len(tasks):
@@ -209,7 +224,7 @@ def synthesize_training_shard(
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     task = dict(tasks[int(k)], force=not resume)
     _, rows, _ = make_shard(task)
-    return len(tasks), pair_frame(rows, PAIR_COLUMNS)
+    return len(tasks), pair_frame(rows, SYNTH_COLUMNS)
 
 
 def _make_training(spec: dict, ctx: dict):
@@ -220,7 +235,8 @@ def _make_training(spec: dict, ctx: dict):
     if img.shape[:2] != (photo["height"], photo["width"]):
         raise ValueError(f"{photo['path']}: size {img.shape[1]}x{img.shape[0]} differs from the manifest")
     y, x = spec["y"], spec["x"]
-    gt = np.ascontiguousarray(img[y:y + crop, x:x + crop])
+    tone = spec.get("tone") or {}
+    gt = apply_tone(np.ascontiguousarray(img[y:y + crop, x:x + crop]), tone)
     lq, params, p, differs = make_pair(gt, spec["c"], spec["seed"], None, lq_bit_depth)
     key = f"{split}-{spec['c']}-{spec['i']:06d}"
     row = {
@@ -228,11 +244,13 @@ def _make_training(spec: dict, ctx: dict):
         "image_png_sha256": photo["png_sha256"], "degradation": spec["c"], "class_index": spec["ci"],
         "params": json.dumps(params, sort_keys=True), "seed": spec["seed"], "crop_y": y, "crop_x": x,
         "height": crop, "width": crop, "key": key, "psnr_lq_gt": p, "lq_differs": differs,
-        "lq_bit_depth": lq_bit_depth,
+        "lq_bit_depth": lq_bit_depth, "gt_tone": json.dumps(tone, sort_keys=True),
     }
     meta = {k: row[k] for k in ("pair_id", "split", "image_id", "degradation", "class_index", "seed",
                                 "crop_y", "crop_x")}
     meta["params"] = params
+    if tone:
+        meta["gt_tone"] = tone
     return {"key": key, "lq": lq, "gt": gt, "meta": meta}, row
 
 
@@ -315,7 +333,7 @@ def synthesize_benchmark_pairs(
     ctx = {"maker": f"{__name__}:_make_benchmark", "split": split, "classes": classes, "lq_bit_depth": int(lq_bit_depth)}
     rows = write_shards(Path(out_dir), split, specs, shard_size, ctx, workers=workers, progress=progress,
                          resume=resume)
-    return pair_frame(rows, PAIR_COLUMNS + ["label", "shard"])
+    return pair_frame(rows, SYNTH_COLUMNS + ["label", "shard"])
 
 
 def _make_benchmark(spec: dict, ctx: dict):
@@ -333,7 +351,7 @@ def _make_benchmark(spec: dict, ctx: dict):
         "image_png_sha256": photo["png_sha256"], "degradation": e["degradation"], "class_index": ci,
         "params": json.dumps(params, sort_keys=True), "seed": spec["seed"], "crop_y": y, "crop_x": x,
         "height": th, "width": tw, "key": key, "psnr_lq_gt": p, "lq_differs": differs,
-        "lq_bit_depth": lq_bit_depth, "label": e["label"],
+        "lq_bit_depth": lq_bit_depth, "gt_tone": "{}", "label": e["label"],
     }
     meta = {k: row[k] for k in ("pair_id", "split", "image_id", "degradation", "class_index", "seed",
                                 "crop_y", "crop_x", "label")}

@@ -12,7 +12,8 @@ Determinism contract
 * Parameters are plain JSON types (int, float, str, bool); Python floats survive a JSON round trip
   exactly, so ``json.loads(json.dumps(params))`` regenerates the same LQ.
 
-Spawn key 2 of the same ``SeedSequence`` is reserved for callers (e.g. crop selection in synthesis).
+Spawn keys 2 and 3 of the same ``SeedSequence`` are reserved for callers (synthesis: crop selection and the
+clean crop's tone).
 """
 
 from __future__ import annotations

@@ -51,7 +51,8 @@ def synthesize(params: dict[str, Any], root: Path) -> dict[str, Any]:
         args = training_split_args(params, root, split)
         splits[split] = synthesize_training_pairs(pool, classes=classes, crop=int(s["crop"]), out_dir=staging,
                                                   shard_size=int(s["shard_size"]), workers=workers, split=split,
-                                                  pairs_per_class=args["pairs_per_class"], seed=args["seed"])
+                                                  pairs_per_class=args["pairs_per_class"], seed=args["seed"],
+                                                  tone=args["tone"])
     bench = synthesize_benchmark_pairs(held, entries, seed=seed + 2, out_dir=staging,
                                        max_size=s["benchmark_max_size"], workers=workers)
     bench["class_index"] = [classes.index(d) if d in classes else -1 for d in bench["degradation"]]
@@ -79,13 +80,13 @@ def synthesis_staging(params: dict[str, Any], root: Path) -> Path:
 
 
 def training_split_args(params: dict[str, Any], root: Path, split: str) -> dict[str, Any]:
-    """The synthesis arguments of a training split: ``pairs_per_class`` and its base ``seed``
-    (train: ``seed``, val: ``seed + 1``)."""
+    """The synthesis arguments of a training split: ``pairs_per_class``, its base ``seed`` (train: ``seed``,
+    val: ``seed + 1``) and the clean crops' ``tone`` (train only: validation crops keep the photos' own tone)."""
     s, seed = params["synthesize"], int(params["seed"])
     if split == "train":
-        return {"pairs_per_class": int(s["train_pairs_per_class"]), "seed": seed}
+        return {"pairs_per_class": int(s["train_pairs_per_class"]), "seed": seed, "tone": dict(s["tone"])}
     if split == "val":
-        return {"pairs_per_class": int(s["val_pairs_per_class"]), "seed": seed + 1}
+        return {"pairs_per_class": int(s["val_pairs_per_class"]), "seed": seed + 1, "tone": None}
     raise ValueError(f"training split must be train or val, got {split!r}")
 
 
