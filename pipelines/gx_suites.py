@@ -120,7 +120,7 @@ def tone_valid(tone_json: Any, allowed: bool) -> bool:
     rows), a tone of :func:`maskdcpt.data.pair_recipe.apply_tone`: finite ``gamma`` > 0, ``contrast`` > 0 and
     ``shift``."""
     if not isinstance(tone_json, str):
-        return bool(pd.isna(tone_json))
+        return tone_json is None or tone_json is pd.NA or (isinstance(tone_json, float) and math.isnan(tone_json))
     try:
         tone = json.loads(tone_json)
     except ValueError:
@@ -129,7 +129,7 @@ def tone_valid(tone_json: Any, allowed: bool) -> bool:
         return True
     if not allowed or not isinstance(tone, dict) or set(tone) != {"gamma", "contrast", "shift"}:
         return False
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in tone.values()):
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in tone.values()):
         return False
     return tone["gamma"] > 0 and tone["contrast"] > 0
 

@@ -122,7 +122,8 @@ def test_tone_contract_catches_a_toned_held_out_crop_and_a_bad_tone(manifest):
         assert _check(project, params, broken) == expected, split
     good = json.loads(tone)
     for bad in ({**good, "gamma": 0.0}, {**good, "contrast": -0.5}, {"gamma": 1.0}, {**good, "hue": 0.1},
-                {**good, "shift": float("nan")}, "{not json"):
+                {**good, "shift": float("nan")}, {"gamma": True, "contrast": True, "shift": False}, "{not json",
+                "[1, 2]"):
         broken = pairs.copy()
         broken.loc[toned[0], "gt_tone"] = bad if isinstance(bad, str) else json.dumps(bad)
         assert _check(project, params, broken) == expected, bad

@@ -16,10 +16,9 @@ from maskdcpt.data.photos import (
     prepare_photos,
 )
 from maskdcpt.data.shards import read_shard, write_shard
-from maskdcpt.data.pair_recipe import apply_tone, draw_tone
+from maskdcpt.data.pair_recipe import apply_tone, draw_tone, tone_of
 from maskdcpt.data.synthesize import (
     PAIR_COLUMNS,
-    SYNTH_COLUMNS,
     regenerate_pair,
     synthesize_benchmark_pairs,
     synthesize_training_pairs,
@@ -203,7 +202,7 @@ def _check_shards_match(out_dir: Path, df: pd.DataFrame, prepared_dir: Path) -> 
 def test_training_pairs_regenerate_and_exclude_benchmark(prepared, tmp_path):
     prep_dir, manifest = prepared
     df = synthesize_training_pairs(manifest, FIVE_D, 3, 64, 42, tmp_path / "a", shard_size=4)
-    assert list(df.columns) == SYNTH_COLUMNS and set(PAIR_COLUMNS) < set(SYNTH_COLUMNS)
+    assert list(df.columns) == PAIR_COLUMNS and PAIR_COLUMNS[-1] == "gt_tone"
     assert len(df) == 15 and df.pair_id.is_unique
     assert sorted((tmp_path / "a").glob("*.tar")) == [tmp_path / "a" / f"train-{i:05d}.tar" for i in range(4)]
     assert all((tmp_path / "a" / f"train-{i:05d}.tar.done.json").is_file() for i in range(4))
@@ -227,7 +226,7 @@ def test_benchmark_pairs(prepared, tmp_path):
     entries = [{"degradation": "gaussian_noise", "params": {"sigma": 25}, "label": "gaussian_noise_s25"},
                {"degradation": "haze"}]
     df = synthesize_benchmark_pairs(manifest, entries, 100, tmp_path, max_size=200)
-    assert set(SYNTH_COLUMNS) | {"label"} == set(df.columns) and (df.gt_tone == "{}").all()
+    assert set(PAIR_COLUMNS) | {"label"} == set(df.columns) and (df.gt_tone == "{}").all()
     assert set(df.image_id) == {"skimage-chelsea", "skimage-camera"} and len(df) == 4
     assert (df.height % 16 == 0).all() and (df.width % 16 == 0).all() and (df[["height", "width"]] <= 200).all().all()
     assert (df.lq_bit_depth == 16).all()
@@ -258,6 +257,11 @@ def test_apply_tone_matches_hand_computed_values():
     # clipped to [0, 1]
     assert apply_tone(two, {"gamma": 1.0, "contrast": 1.0, "shift": 0.9}).max() == 1.0
     assert apply_tone(two, {}) is two
+    tone = {"gamma": 1.0, "contrast": 0.5, "shift": 0.0}
+    assert tone_of({"gt_tone": json.dumps(tone)}) == tone == tone_of({"gt_tone": tone})
+    assert tone_of({}) == tone_of({"gt_tone": float("nan")}) == tone_of({"gt_tone": "{}"}) == {}
+    with pytest.raises(TypeError, match="gt_tone"):
+        tone_of({"gt_tone": 3})
 
 
 def test_draw_tone_config_and_stream():
@@ -274,7 +278,8 @@ def test_draw_tone_config_and_stream():
     assert sh.min() >= -0.2 and sh.max() <= 0.2 and sh.min() < -0.15 and sh.max() > 0.15
     assert all(draw_tone(s, {**TONE, "prob": 1.0}) for s in range(50))
     for bad in ({**TONE, "prob": 1.5}, {**TONE, "contrast": [0.9, 0.5]}, {**TONE, "contrast": [0.0, 1.0]},
-                {**TONE, "gamma": -1}, {"prob": 0.5}, {**TONE, "hue": 0.1}):
+                {**TONE, "gamma": -1}, {"prob": 0.5}, {**TONE, "hue": 0.1}, {**TONE, "shift": float("inf")},
+                {**TONE, "gamma": 800}, {**TONE, "contrast": [0.4, 0.5, 1.0]}):
         with pytest.raises(ValueError, match="tone config"):
             draw_tone(1, bad)
 

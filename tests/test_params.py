@@ -55,6 +55,7 @@ def test_schema_defaults_are_params_yaml():
     ({"synthesize.tone.contrast": [0.9, 0.5]}, "synthesize.tone.contrast must be [low, high] with low <= high"),
     ({"synthesize.tone.prob": 1.5}, "synthesize.tone.prob: Input should be less than or equal to 1"),
     ({"synthesize.tone.contrast": [0.5]}, "synthesize.tone.contrast: List should have at least 2 items"),
+    ({"synthesize.tone.gamma": 800}, "synthesize.tone.gamma: Input should be less than or equal to 5"),
 ])
 def test_bad_values_are_errors_that_say_what(override, message):
     with pytest.raises(ParamsError) as err:

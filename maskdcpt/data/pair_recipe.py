@@ -25,7 +25,7 @@ __all__ = ["PAIR_COLUMNS", "SELECT_STREAM", "TONE_STREAM", "pair_seed", "psnr", 
 PAIR_COLUMNS = [
     "pair_id", "split", "image_id", "image_sha256", "image_png_sha256", "degradation", "class_index",
     "params", "seed", "crop_y", "crop_x", "height", "width", "shard", "key", "psnr_lq_gt", "lq_differs",
-    "lq_bit_depth",
+    "lq_bit_depth", "gt_tone",
 ]
 SELECT_STREAM = 2  # spawn key reserved for photo/crop selection (degrade uses 0 and 1)
 TONE_STREAM = 3    # spawn key of the clean crop's tone draw (:func:`draw_tone`)
@@ -36,7 +36,7 @@ def draw_tone(seed: int, cfg: Mapping[str, Any] | None) -> dict[str, float]:
     """The tone change of the clean crop of pair seed ``seed``: ``{}`` (crop left as it is) or
     ``{"gamma", "contrast", "shift"}`` for :func:`apply_tone`.
 
-    ``cfg``: ``prob`` (share of crops changed, [0, 1]), ``gamma`` (g ≥ 0: gamma = exp(U(−g, g))), ``contrast``
+    ``cfg``: ``prob`` (share of crops changed, [0, 1]), ``gamma`` (0 ≤ g ≤ 5: gamma = exp(U(−g, g))), ``contrast``
     ([low, high] with 0 < low ≤ high: contrast factor U(low, high)), ``shift`` (s ≥ 0: mean shift U(−s, s));
     ``None`` or ``prob`` 0 draws nothing. Drawn from ``SeedSequence(seed, spawn_key=(TONE_STREAM,))``, so the
     crop, degradation parameters and noise of the pair do not change with ``cfg``.
@@ -47,11 +47,14 @@ def draw_tone(seed: int, cfg: Mapping[str, Any] | None) -> dict[str, float]:
     cfg = dict(cfg)
     if set(cfg) != set(TONE_KEYS):
         raise ValueError(f"tone config needs exactly the keys {TONE_KEYS}, got {sorted(cfg)}")
+    if not isinstance(cfg["contrast"], (list, tuple)) or len(cfg["contrast"]) != 2:
+        raise ValueError(f"tone config contrast must be [low, high], got {cfg['contrast']!r}")
     prob, gamma, shift = float(cfg["prob"]), float(cfg["gamma"]), float(cfg["shift"])
     low, high = (float(v) for v in cfg["contrast"])
-    if not (0.0 <= prob <= 1.0 and gamma >= 0.0 and shift >= 0.0 and 0.0 < low <= high):
-        raise ValueError(f"tone config out of range: {cfg} (prob in [0, 1], gamma >= 0, shift >= 0, "
-                         "0 < contrast low <= high)")
+    finite = all(math.isfinite(v) for v in (prob, gamma, shift, low, high))
+    if not (finite and 0.0 <= prob <= 1.0 and 0.0 <= gamma <= 5.0 and shift >= 0.0 and 0.0 < low <= high):
+        raise ValueError(f"tone config out of range: {cfg} (finite; prob in [0, 1], gamma in [0, 5], "
+                         "shift >= 0, 0 < contrast low <= high)")
     if prob == 0.0:
         return {}
     rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(TONE_STREAM,)))
@@ -137,9 +140,16 @@ def photo_table(images: pd.DataFrame, prepared_dir, *, keep_split: str | None, d
 
 
 def tone_of(row: Mapping[str, Any]) -> dict[str, float]:
-    """The recorded tone of a manifest row (column ``gt_tone``, JSON; absent, NaN or ``"{}"``: none)."""
+    """The recorded tone of a manifest row (column ``gt_tone``: JSON text or a mapping; absent, NaN, ``""`` or
+    ``"{}"``: none). Raises ``TypeError`` for any other value."""
     value = row.get("gt_tone")
-    return json.loads(value) if isinstance(value, str) and value else {}
+    if isinstance(value, str):
+        return json.loads(value) if value else {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return {}
+    raise TypeError(f"gt_tone must be JSON text or a mapping, got {type(value).__name__}")
 
 
 def make_pair(gt: np.ndarray, degradation: str, seed: int, params, lq_bit_depth: int):

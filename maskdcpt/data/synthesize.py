@@ -16,7 +16,7 @@ Seeds (docs/method.md §8: every random choice derives from a recorded seed)
 Storage: shards ``out_dir/<split>-00000.tar``, ... (format in :mod:`maskdcpt.data.shards`); training LQ
 8-bit, benchmark LQ 16-bit, GT 8-bit (exact: the prepared photos are 8-bit). Shards of the same split
 left over from an earlier, larger run are deleted. The returned manifest (one row per pair,
-:data:`PAIR_COLUMNS`) is enough to rebuild any pair with :func:`regenerate_pair`.
+:data:`PAIR_COLUMNS`, including the clean crop's tone ``gt_tone``) is enough to rebuild any pair with :func:`regenerate_pair`.
 
 Work split, workers, resume
 ---------------------------
@@ -26,7 +26,7 @@ and depends on nothing else, so :func:`synthesize_training_shard` makes shard ``
 (several machines can each make a disjoint subset) and ``workers > 1`` runs shards in a
 ``concurrent.futures.ProcessPoolExecutor`` (a ``tqdm`` bar shows pairs/s). Every finished shard gets a
 completion sidecar ``<shard>.done.json`` written atomically *after* the shard: it holds the shard's sha256,
-its plan (pair ids, seeds, photos, crops, parameters), a fingerprint of the synthesis code and the manifest
+its plan (pair ids, seeds, photos, crops, tones, parameters), a fingerprint of the synthesis code and the manifest
 rows. A later run reuses a shard only if the sidecar exists and all three match (plan, code, file hash);
 otherwise the shard is made again. An interrupted run therefore resumes without redoing finished shards,
 a half-written shard (no sidecar, or a temp file of an atomic write) is redone, and a re-run with the same
@@ -52,7 +52,6 @@ from maskdcpt.degradations import TASKS, get_degradation
 
 __all__ = [
     "PAIR_COLUMNS",
-    "SYNTH_COLUMNS",
     "pair_seed",
     "synthesize_training_pairs",
     "synthesize_benchmark_pairs",
@@ -62,10 +61,6 @@ __all__ = [
     "regenerate_pair",
     "psnr",
 ]
-
-#: Manifest columns of both synthesis functions (benchmark adds ``label``): the pair's columns and its tone.
-SYNTH_COLUMNS = PAIR_COLUMNS + ["gt_tone"]
-
 
 def synthesize_training_pairs(
     images: pd.DataFrame,
@@ -138,7 +133,7 @@ def synthesize_training_pairs(
     ctx = {"maker": f"{__name__}:_make_training", "split": split, "crop": int(crop), "lq_bit_depth": int(lq_bit_depth)}
     rows = write_shards(Path(out_dir), split, specs, shard_size, ctx, workers=workers, progress=progress,
                          resume=resume)
-    return pair_frame(rows, SYNTH_COLUMNS)
+    return pair_frame(rows, PAIR_COLUMNS)
 
 
 def plan_training_pairs(
@@ -224,7 +219,7 @@ def synthesize_training_shard(
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     task = dict(tasks[int(k)], force=not resume)
     _, rows, _ = make_shard(task)
-    return len(tasks), pair_frame(rows, SYNTH_COLUMNS)
+    return len(tasks), pair_frame(rows, PAIR_COLUMNS)
 
 
 def _make_training(spec: dict, ctx: dict):
@@ -333,7 +328,7 @@ def synthesize_benchmark_pairs(
     ctx = {"maker": f"{__name__}:_make_benchmark", "split": split, "classes": classes, "lq_bit_depth": int(lq_bit_depth)}
     rows = write_shards(Path(out_dir), split, specs, shard_size, ctx, workers=workers, progress=progress,
                          resume=resume)
-    return pair_frame(rows, SYNTH_COLUMNS + ["label", "shard"])
+    return pair_frame(rows, PAIR_COLUMNS + ["label", "shard"])
 
 
 def _make_benchmark(spec: dict, ctx: dict):
