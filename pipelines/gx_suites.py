@@ -142,9 +142,10 @@ def validate_manifest(pairs: pd.DataFrame, photos: pd.DataFrame, rejections: pd.
     ``photos`` is the prepared-photo manifest (its benchmark rows give the held-out sha256 set) and
     ``rejections`` the photos rejected while preparing (the rejection rate must stay below the threshold).
     Every recorded clean-crop tone (``gt_tone``) is valid, and only training rows have one (validation and
-    benchmark crops keep their photos' tone). Extended checks on the training/validation rows: seeds unique per split, parameters parse and lie in the
-    registry's declared ranges, PSNR(LQ, GT) of each class inside its declared band (``psnr_bands``), and the
-    pair count of each class within ``count_tolerance`` of the declared ``pairs_per_class`` per split.
+    benchmark crops keep their photos' tone). Extended checks on the training/validation rows: seeds unique per
+    split, parameters parse and lie in the registry's declared ranges, PSNR(LQ, GT) of each class inside its
+    declared band (``psnr_bands``), and the pair count of each class within ``count_tolerance`` of the declared
+    ``pairs_per_class`` per split.
     """
     _, gxe = _gx()
     bench_sha = sorted(set(photos.loc[photos["split"] == "benchmark", "sha256"]))

@@ -80,7 +80,8 @@ def _default_benchmark() -> list[BenchmarkEntry]:
 
 
 class ToneParams(Group):
-    """Random tone of the clean training crops before they are degraded (:func:`maskdcpt.data.pair_recipe.draw_tone`)."""
+    """Random tone of the clean training crops before they are degraded
+    (:func:`maskdcpt.data.pair_recipe.draw_tone`)."""
     prob: Annotated[Real, Field(ge=0.0, le=1.0)] = 0.5
     gamma: Annotated[Real, Field(ge=0.0, le=5.0)] = 0.3
     contrast: Annotated[list[PosFloat], Field(min_length=2, max_length=2)] = [0.7, 1.0]

@@ -20,7 +20,8 @@ from maskdcpt.degradations import degrade
 from maskdcpt.imageio import file_sha256, image_info, quantize, read_image
 
 __all__ = ["PAIR_COLUMNS", "SELECT_STREAM", "TONE_STREAM", "pair_seed", "psnr", "load_photo", "photo_path",
-           "photo_table", "draw_tone", "apply_tone", "tone_of", "make_pair", "pair_frame", "regenerate_pair"]
+           "photo_table", "tone_config", "draw_tone", "apply_tone", "tone_of", "make_pair", "pair_frame",
+           "regenerate_pair"]
 
 PAIR_COLUMNS = [
     "pair_id", "split", "image_id", "image_sha256", "image_png_sha256", "degradation", "class_index",
@@ -32,18 +33,16 @@ TONE_STREAM = 3    # spawn key of the clean crop's tone draw (:func:`draw_tone`)
 TONE_KEYS = ("prob", "gamma", "contrast", "shift")
 
 
-def draw_tone(seed: int, cfg: Mapping[str, Any] | None) -> dict[str, float]:
-    """The tone change of the clean crop of pair seed ``seed``: ``{}`` (crop left as it is) or
-    ``{"gamma", "contrast", "shift"}`` for :func:`apply_tone`.
+def tone_config(cfg: Mapping[str, Any] | None) -> tuple[float, float, float, float, float] | None:
+    """A checked tone config as ``(prob, gamma, contrast low, contrast high, shift)``, or ``None`` when it draws
+    nothing (``None`` or ``prob`` 0).
 
     ``cfg``: ``prob`` (share of crops changed, [0, 1]), ``gamma`` (0 ≤ g ≤ 5: gamma = exp(U(−g, g))), ``contrast``
-    ([low, high] with 0 < low ≤ high: contrast factor U(low, high)), ``shift`` (s ≥ 0: mean shift U(−s, s));
-    ``None`` or ``prob`` 0 draws nothing. Drawn from ``SeedSequence(seed, spawn_key=(TONE_STREAM,))``, so the
-    crop, degradation parameters and noise of the pair do not change with ``cfg``.
-    Raises ``ValueError`` for missing, unknown or out-of-range keys.
+    ([low, high] with 0 < low ≤ high: contrast factor U(low, high)), ``shift`` (s ≥ 0: mean shift U(−s, s)).
+    Raises ``ValueError`` for missing, unknown, non-finite or out-of-range keys.
     """
     if cfg is None:
-        return {}
+        return None
     cfg = dict(cfg)
     if set(cfg) != set(TONE_KEYS):
         raise ValueError(f"tone config needs exactly the keys {TONE_KEYS}, got {sorted(cfg)}")
@@ -55,8 +54,19 @@ def draw_tone(seed: int, cfg: Mapping[str, Any] | None) -> dict[str, float]:
     if not (finite and 0.0 <= prob <= 1.0 and 0.0 <= gamma <= 5.0 and shift >= 0.0 and 0.0 < low <= high):
         raise ValueError(f"tone config out of range: {cfg} (finite; prob in [0, 1], gamma in [0, 5], "
                          "shift >= 0, 0 < contrast low <= high)")
-    if prob == 0.0:
+    return None if prob == 0.0 else (prob, gamma, low, high, shift)
+
+
+def draw_tone(seed: int, cfg: Mapping[str, Any] | None) -> dict[str, float]:
+    """The tone change of the clean crop of pair seed ``seed`` under ``cfg`` (:func:`tone_config`): ``{}`` (crop
+    left as it is) or ``{"gamma", "contrast", "shift"}`` for :func:`apply_tone`. Drawn from
+    ``SeedSequence(seed, spawn_key=(TONE_STREAM,))``, so the crop, degradation parameters and noise of the pair
+    do not change with ``cfg``. Raises ``ValueError`` as :func:`tone_config`.
+    """
+    checked = tone_config(cfg)
+    if checked is None:
         return {}
+    prob, gamma, low, high, shift = checked
     rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(TONE_STREAM,)))
     if rng.random() >= prob:
         return {}

@@ -16,7 +16,8 @@ Seeds (docs/method.md §8: every random choice derives from a recorded seed)
 Storage: shards ``out_dir/<split>-00000.tar``, ... (format in :mod:`maskdcpt.data.shards`); training LQ
 8-bit, benchmark LQ 16-bit, GT 8-bit (exact: the prepared photos are 8-bit). Shards of the same split
 left over from an earlier, larger run are deleted. The returned manifest (one row per pair,
-:data:`PAIR_COLUMNS`, including the clean crop's tone ``gt_tone``) is enough to rebuild any pair with :func:`regenerate_pair`.
+:data:`PAIR_COLUMNS`, including the clean crop's tone ``gt_tone``) is enough to rebuild any pair with
+:func:`regenerate_pair`.
 
 Work split, workers, resume
 ---------------------------
@@ -46,7 +47,8 @@ import pandas as pd
 from maskdcpt.data.shard_jobs import (GT_BIT_DEPTH, make_shard, plan_entry, shard_done, shard_tasks,  # noqa: F401
                                       sidecar, synthesis_fingerprint, write_shards)
 from maskdcpt.data.pair_recipe import (PAIR_COLUMNS, SELECT_STREAM, apply_tone, draw_tone, load_photo,  # noqa: F401
-                                       make_pair, pair_frame, pair_seed, photo_table, psnr, regenerate_pair)
+                                       make_pair, pair_frame, pair_seed, photo_table, psnr, regenerate_pair,
+                                       tone_config)
 from maskdcpt.data.shards import KEY_PATTERN
 from maskdcpt.degradations import TASKS, get_degradation
 
@@ -170,7 +172,7 @@ def plan_training_pairs(
               if min(r["width"], r["height"]) >= crop]
     if pairs_per_class > 0 and not photos:
         raise ValueError(f"no training photo has both sides >= crop={crop}")
-    draw_tone(0, tone)  # a bad config fails here, before any pair
+    tone_config(tone)  # a bad config fails here, before any pair
     specs = []
     for i in range(pairs_per_class):
         for ci, c in enumerate(classes):
@@ -230,7 +232,7 @@ def _make_training(spec: dict, ctx: dict):
     if img.shape[:2] != (photo["height"], photo["width"]):
         raise ValueError(f"{photo['path']}: size {img.shape[1]}x{img.shape[0]} differs from the manifest")
     y, x = spec["y"], spec["x"]
-    tone = spec.get("tone") or {}
+    tone = spec["tone"]
     gt = apply_tone(np.ascontiguousarray(img[y:y + crop, x:x + crop]), tone)
     lq, params, p, differs = make_pair(gt, spec["c"], spec["seed"], None, lq_bit_depth)
     key = f"{split}-{spec['c']}-{spec['i']:06d}"
