@@ -12,7 +12,7 @@ import numpy as np
 
 from maskdcpt.atomic import atomic_write_bytes
 
-__all__ = ["quantize", "encode_png", "decode_png", "write_png"]
+__all__ = ["quantize", "encode_png", "decode_png", "decode_png_codes", "code_scale", "write_png"]
 
 
 def _max_value(bit_depth: int) -> int:
@@ -80,26 +80,37 @@ def encode_png(img: np.ndarray, bit_depth: int = 8, compression: int = 3) -> byt
     return buf.tobytes()
 
 
-def decode_png(data: bytes) -> np.ndarray:
-    """Decode PNG bytes to float32 in [0, 1]: 8-bit ``/255``, 16-bit ``/65535``.
+def decode_png_codes(data: bytes) -> np.ndarray:
+    """Decode PNG bytes to their integer code values (``uint8`` or ``uint16``), unscaled.
 
-    Returns ``(H, W)`` for grey, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA (channel order as stored, alpha
-    kept; use :func:`read_image` for the compositing rules). Raises ``ValueError`` if undecodable.
+    Returns ``(H, W)`` for grey, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA (possibly a non-contiguous view of
+    OpenCV's BGR(A) buffer). Raises ``ValueError`` if undecodable.
     """
     import cv2
 
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise ValueError("could not decode PNG data")
-    if arr.dtype == np.uint8:
-        f = arr.astype(np.float32) / np.float32(255)
-    elif arr.dtype == np.uint16:
-        f = arr.astype(np.float32) / np.float32(65535)
-    else:  # pragma: no cover - PNG has no other sample types
+    if arr.dtype not in (np.uint8, np.uint16):  # pragma: no cover - PNG has no other sample types
         raise ValueError(f"unexpected PNG dtype {arr.dtype}")
-    if f.ndim == 3:
-        f = f[..., [2, 1, 0]] if f.shape[2] == 3 else f[..., [2, 1, 0, 3]]
-    return np.ascontiguousarray(f)
+    if arr.ndim == 3:
+        arr = arr[..., ::-1] if arr.shape[2] == 3 else arr[..., [2, 1, 0, 3]]
+    return arr
+
+
+def code_scale(dtype) -> float:
+    """The code value of white: 255 for ``uint8``, 65535 for ``uint16``."""
+    return 255.0 if np.dtype(dtype) == np.uint8 else 65535.0
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """Decode PNG bytes to float32 in [0, 1]: 8-bit ``/255``, 16-bit ``/65535``.
+
+    Returns ``(H, W)`` for grey, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA (channel order as stored, alpha
+    kept; use :func:`read_image` for the compositing rules). Raises ``ValueError`` if undecodable.
+    """
+    arr = decode_png_codes(data)
+    return np.ascontiguousarray(arr.astype(np.float32) / np.float32(code_scale(arr.dtype)))
 
 
 def write_png(path: str | os.PathLike, img: np.ndarray, bit_depth: int = 8, compression: int = 3) -> Path:

@@ -147,10 +147,13 @@ class RegisterParams(Group):
 class DataParams(Group):
     """How training, validation and evaluation read the pairs: streamed from the tar shards."""
 
-    #: DataLoader worker processes decoding the PNGs (0: in the training process)
-    num_workers: NonNegInt = 1
+    #: DataLoader worker processes decoding the PNGs (0: in the training process; 0 and 1 give the same
+    #: batches). 0 on 2 cores, where a worker competes with the training threads; 4-8 on GPUs
+    num_workers: NonNegInt = 0
     #: samples in each worker's shuffle buffer (0: shard order only)
     shuffle_buffer: NonNegInt = 256
+    #: MiB of decoded training samples each worker (or the training process) keeps for later epochs (0: none)
+    cache_mb: NonNegFloat = 256.0
     #: error: stop naming the shard and key | skip: count it (logged to MLflow as data_skipped)
     on_bad_sample: Literal["error", "skip"] = "error"
     #: a folder or s3:// prefix holding the shards (empty: data/pairs)

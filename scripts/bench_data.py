@@ -9,10 +9,14 @@ Prints one JSON object (also written to FILE with ``--json FILE``) with:
   (128 px pairs), each in a fresh process; ``rss_ratio`` = largest / smallest (goal <= 1.1: memory does not grow
   with the data set).
 * ``images_per_second``: loader-only throughput at 256 px (decode + augment + batch) for 0, 1 and 2 workers.
-* ``data_wait_fraction``: share of training wall time spent waiting for batches at the default config.
-* ``step_seconds``: median fine-tuning step time at the default config, streaming vs the former in-memory
-  sampler (``PairSet`` + ``sample_batch``), same process settings, each the median over 3 fresh processes run
-  alternately (1 with ``--quick``); ``stream_vs_memory`` is their ratio.
+* ``step_seconds``: median fine-tuning step time at the pipeline's own config (the repository's ``data/pairs``
+  when present, else synthesised pairs; ``synthesize.crop`` windows; the ``data`` group), streaming vs the former
+  in-memory sampler (``PairSet`` + ``sample_batch``), each the median over 3 fresh processes run alternately (1
+  with ``--quick``) of 300 steps (20 with ``--quick``); ``stream_vs_memory`` is their ratio;
+  ``data_wait_fraction``: the streaming runs' share of training wall time spent waiting for batches.
+  ``step_seconds_128px``: the same on whole 128 px samples (``--steps`` steps).
+* ``stream_vs_memory_interleaved``: the same ratio with the two batch sources alternating in blocks of steps
+  inside one engine run, so that both see the same process and machine.
 * ``engine_vs_plain``: the pipeline's engine step (``maskdcpt.train.engine.train``) against a plain eager PyTorch
   loop with the same numerics (L1, fused AdamW, grad-norm clipping, EMA, NHWC), the two alternating step by step
   in one process: ``speed_ratio`` = plain step time / engine step time (>= 1: the engine is as fast), at the CPU
@@ -90,8 +94,10 @@ def _peak_rss_mb() -> float:
 
 
 # ------------------------------------------------------------------------------------------- child: train
-def child_train(shards: Path, steps: int, mode: str) -> dict:
-    """Fine-tune ``steps`` steps at the params.yaml defaults (streaming or in-memory); per-step times."""
+def child_train(shards: Path, steps: int, mode: str, crop: int = 0) -> dict:
+    """Fine-tune ``steps`` steps at the params.yaml defaults (streaming or in-memory); per-step times. ``crop``
+    (> 0): the streaming loader's window, as the stages pass ``synthesize.crop`` (pairs stored at that size, so
+    both samplers see the same images)."""
     import pandas as pd
     import torch
 
@@ -103,7 +109,7 @@ def child_train(shards: Path, steps: int, mode: str) -> dict:
     manifest = pd.read_parquet(shards / "manifest.parquet")
     if mode == "stream":
         data = train_loader(manifest, shards, params["data"], batch_size=int(cfg["batch_size"]),
-                            seed=int(params["seed"]), crop=None)
+                            seed=int(params["seed"]), crop=crop or None)
     else:
         from maskdcpt.data.pairs import load_pairs
 
@@ -130,6 +136,25 @@ def _run_child(*args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def alternate(shards: Path, steps: int, crop: int, rounds: int, first: dict | None = None) -> dict:
+    """Median step time streaming vs in-memory over ``rounds`` fresh processes of each, run alternately (stream,
+    memory, stream, ...): one-off pairs of runs moved by 20-45 % between two runs of this script on an idle 2-core
+    AMD EPYC, more than the 5 % to resolve. ``first``: an earlier streaming run of the same shards to reuse."""
+    strm = [first] if first else []
+    mem = []
+    for r in range(rounds):
+        if len(strm) <= r:
+            strm.append(_run_child(str(shards), str(steps), "stream", str(crop)))
+        mem.append(_run_child(str(shards), str(steps), "memory", str(crop)))
+    s_mem = statistics.median(r["step_seconds"] for r in mem)
+    s_str = statistics.median(r["step_seconds"] for r in strm)
+    return {"memory": round(s_mem, 4), "stream": round(s_str, 4), "ratio": round(s_str / s_mem, 3), "steps": steps,
+            "crop": crop or None, "torch_threads": strm[0].get("threads"), "runs_each": len(mem),
+            "memory_runs": [round(r["step_seconds"], 4) for r in mem],
+            "stream_runs": [round(r["step_seconds"], 4) for r in strm],
+            "data_wait_fraction": round(statistics.median(r["data_wait_fraction"] for r in strm), 4)}
+
+
 # ----------------------------------------------------------------------------------------- loader speed
 def loader_throughput(shards: Path, workers: int, batches: int, batch_size: int = 8) -> float:
     import pandas as pd
@@ -146,6 +171,68 @@ def loader_throughput(shards: Path, workers: int, batches: int, batch_size: int 
     dt = time.perf_counter() - t0
     it.close()
     return batches * batch_size / dt
+
+
+# ------------------------------------------------------------------- streaming vs in-memory, interleaved
+def stream_vs_memory_interleaved(shards: Path, rounds: int, block: int, settle: int = 3) -> dict:
+    """Engine fine-tuning step time with batches from the streaming loader vs the former in-memory sampler,
+    alternating in blocks of ``block`` steps within one engine run (one process, same model and optimizer).
+
+    Both arms run at the params.yaml defaults (``data`` group, ``finetune.batch_size``, ``synthesize.crop``); each
+    step's time includes fetching its batch. The first ``settle`` steps of every block are not timed: the loader's
+    worker has its prefetched batches ready when a streaming block starts and refills them during the next
+    in-memory block, which would move its decoding cost from one arm to the other. ``ratio`` = median streaming
+    step / median in-memory step.
+    """
+    import pandas as pd
+    import torch
+    import torch.nn.functional as F
+
+    from maskdcpt.data.pairs import load_pairs, sample_batch
+    from maskdcpt.data.stream import train_loader
+    from maskdcpt.models import build_backbone
+    from maskdcpt.train import engine
+
+    params = _params()
+    ft, ds, crop = params["finetune"], params["deepspeed"], int(params["synthesize"]["crop"])
+    batch, lr = int(ft["batch_size"]), float(ft["lr"])
+    manifest = pd.read_parquet(shards / "manifest.parquet")
+    loader = train_loader(manifest, shards, params["data"], batch_size=batch, seed=int(params["seed"]), crop=crop)
+    loader.fields = ("lq", "gt")
+    stream = iter(loader)
+    pairs = load_pairs(manifest, shards, "train")
+    total = 2 * rounds * block
+    source: list[str] = []
+
+    def make_batch(gen: torch.Generator, n: int):
+        arm = "stream" if (len(source) // block) % 2 == 0 else "memory"
+        source.append(arm)
+        if arm == "stream":
+            return next(stream)
+        lq, gt, _ = sample_batch(pairs, gen, n)
+        return lq, gt
+
+    stamps: list[float] = []
+    torch.manual_seed(0)
+    net = build_backbone(params["model"]["arch"], params["model"]["preset"])
+    t0 = time.perf_counter()
+    engine.train(net, [{"params": list(net.parameters()), "lr": lr}], ds_params=ds, micro_batch=batch,
+                 steps=total, seed=0, make_batch=make_batch,
+                 compute_loss=lambda m, b, gen: (F.l1_loss(m(b[0]).float(), b[1]), {}),
+                 grad_clip=float(ft["grad_clip"]), lr_lambda=engine.cosine_lambda(total, lr, 1e-6),
+                 ema_decay=float(ft["ema_decay"]), log_every=1,
+                 on_log=lambda s, v: stamps.append(time.perf_counter()), progress=False)
+    stream.close()
+    times: dict[str, list[float]] = {"stream": [], "memory": []}
+    for i in range(2 * block, total):  # the first round warms up (worker start, oneDNN kernels)
+        if i % block >= settle:
+            times[source[i]].append(stamps[i] - stamps[i - 1])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"shards": str(shards), "pairs": int((manifest["split"] == "train").sum()), "crop": crop,
+            "batch": batch, "num_workers": int(params["data"]["num_workers"]), "block": block,
+            "timed_steps_each": len(times["stream"]), "stream_step_seconds": round(med["stream"], 4),
+            "memory_step_seconds": round(med["memory"], 4), "ratio": round(med["stream"] / med["memory"], 4),
+            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 # -------------------------------------------------------------------------------- engine vs plain loop
@@ -217,11 +304,11 @@ def main() -> int:
     ap.add_argument("--workdir", default=None, help="where the shard sets go (default: a temporary folder)")
     ap.add_argument("--params", default=None, help="params file (default: the repository's params.yaml)")
     ap.add_argument("--no-paper", action="store_true", help="skip the paper-5d engine-vs-plain rows (~2 min idle)")
-    ap.add_argument("--_child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--_child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._child:
-        shards, steps, mode = args._child
-        print(json.dumps(child_train(Path(shards), int(steps), mode)))
+        shards, steps, mode, crop = args._child
+        print(json.dumps(child_train(Path(shards), int(steps), mode, int(crop))))
         return 0
     if args.params:
         os.environ["MASKDCPT_BENCH_PARAMS"] = str(Path(args.params).resolve())
@@ -235,38 +322,37 @@ def main() -> int:
     out: dict = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                              "avx512": "avx512" in open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo")
                              else None},
-                 "data_defaults": DataParams().model_dump(), "sizes": sizes, "steps": steps, "crop_train": 128}
+                 "data_defaults": DataParams().model_dump(), "sizes": sizes, "steps": steps}
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         tmp = Path(tmp)
         runs = {}
         for n in sizes:
             make_shard_set(tmp / f"s{n}", n, 128)
-            runs[n] = _run_child(str(tmp / f"s{n}"), str(steps), "stream")
+            runs[n] = _run_child(str(tmp / f"s{n}"), str(steps), "stream", "0")
         out["rss_peak_mb"] = {str(n): round(r["rss_peak_mb"], 1) for n, r in runs.items()}
         out["rss_ratio"] = round(runs[sizes[-1]]["rss_peak_mb"] / runs[sizes[0]]["rss_peak_mb"], 3)
-        small = tmp / f"s{sizes[0]}"
-        # alternating fresh processes (stream, memory, stream, memory, ...): a one-off pair of runs moved by 20-45 %
-        # between two runs of this script on an idle 2-core AMD EPYC, more than the 5 % it is meant to resolve
+        # the pipeline's own config: the repository's training pairs (else synthesised ones) at synthesize.crop
+        crop = int(_params()["synthesize"]["crop"])
+        pairs = ROOT / "data" / "pairs"
+        if not (pairs / "manifest.parquet").exists():
+            pairs = tmp / "crop"
+            make_shard_set(pairs, sizes[0], crop)
         rounds = 1 if args.quick else 3
-        strm, mem = [runs[sizes[0]]], []
-        for r in range(rounds):
-            mem.append(_run_child(str(small), str(steps), "memory"))
-            if r < rounds - 1:
-                strm.append(_run_child(str(small), str(steps), "stream"))
-        out["data_wait_fraction"] = round(statistics.median(r["data_wait_fraction"] for r in strm), 4)
-        s_mem = statistics.median(r["step_seconds"] for r in mem)
-        s_str = statistics.median(r["step_seconds"] for r in strm)
-        out["step_seconds"] = {"memory": round(s_mem, 4), "stream": round(s_str, 4), "crop": 128,
-                               "torch_threads": strm[0].get("threads"), "runs_each": len(mem),
-                               "memory_runs": [round(r["step_seconds"], 4) for r in mem],
-                               "stream_runs": [round(r["step_seconds"], 4) for r in strm]}
-        out["stream_vs_memory"] = round(s_str / s_mem, 3)
+        # 300 steps: 2.5 epochs of the default's 960 pairs (the pipeline trains 25), so later epochs count too
+        default = alternate(pairs, 20 if args.quick else 300, crop, rounds)
+        out["data_wait_fraction"] = default.pop("data_wait_fraction")
+        out["step_seconds"] = {**default, "shards": str(pairs)}
+        out["stream_vs_memory"] = out["step_seconds"].pop("ratio")
+        # whole 128 px samples (twice the pixels per step to decode and to train on)
+        out["step_seconds_128px"] = alternate(tmp / f"s{sizes[0]}", steps, 0, rounds, first=runs[sizes[0]])
+        out["stream_vs_memory_interleaved"] = (stream_vs_memory_interleaved(pairs, 5, 10) if args.quick
+                                               else stream_vs_memory_interleaved(pairs, 10, 20))
         make_shard_set(tmp / "t256", 1024, 256)
         nb = 20 if args.quick else 60
         out["images_per_second"] = {str(w): round(loader_throughput(tmp / "t256", w, nb), 1) for w in (0, 1, 2)}
     rows = [engine_vs_plain("cpu-default", 96, 8, 10 if args.quick else 30, 3)]
     if not (args.quick or args.no_paper):
-        rows.append(engine_vs_plain("paper-5d", 256, 1, 5, 2))
+        rows.append(engine_vs_plain("paper-5d", 256, 1, 12, 2))
     out["engine_vs_plain"] = rows
     out["seconds"] = round(time.perf_counter() - t_start, 1)
     text = json.dumps(out, indent=2)

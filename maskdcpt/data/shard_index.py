@@ -243,11 +243,14 @@ def _complete(loc: str, key: str, parts: dict) -> dict:
     return parts
 
 
-def decode_member(loc: str, key: str, data: bytes, part: str) -> np.ndarray:
-    from maskdcpt.imageio import decode_png
+def decode_member(loc: str, key: str, data: bytes, part: str, *, codes: bool = False) -> np.ndarray:
+    """A pair member's PNG as (H, W, 3) RGB: float32 in [0, 1], or with ``codes`` its integer code values
+    (``uint8``/``uint16``, possibly a view; :func:`maskdcpt.png.code_scale` gives the divisor). Grey is repeated to
+    three channels, alpha dropped. Raises :class:`BadSampleError` naming the shard and key."""
+    from maskdcpt.png import decode_png, decode_png_codes
 
     try:
-        img = decode_png(data)
+        img = decode_png_codes(data) if codes else decode_png(data)
     except Exception as e:  # noqa: BLE001 - cv2 raises several types
         raise BadSampleError(f"shard {loc}: key {key!r}: corrupt {part}.png ({e})") from e
     if img.ndim == 2:

@@ -43,6 +43,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from maskdcpt.data.sample_ops import augment_pair, chw_tensor, owned_nbytes, stack_unit
 from maskdcpt.data.shard_index import (BadSampleError, ShardIndex, decode_member, emission_order, epoch_units,
                                        open_shard, read_members, slot_range)
 
@@ -59,27 +60,8 @@ class _Sample:
     label: int
     epoch: int
     pos: int          # global position in the epoch (the augmentation seed)
-    lq: torch.Tensor
+    lq: torch.Tensor  # (3, H, W) uint8 codes or float32 in [0, 1] (:func:`~maskdcpt.data.sample_ops.chw_tensor`)
     gt: torch.Tensor
-
-
-def _augment(lq: np.ndarray, gt: np.ndarray, rng: np.random.Generator, augment: bool, crop: int | None,
-             loc: str, key: str) -> tuple[np.ndarray, np.ndarray]:
-    if lq.shape != gt.shape:
-        raise BadSampleError(f"shard {loc}: key {key!r}: LQ {lq.shape} and GT {gt.shape} differ in size")
-    if crop:
-        h, w = lq.shape[:2]
-        if h < crop or w < crop:
-            raise BadSampleError(f"shard {loc}: key {key!r}: {w}x{h} is smaller than the {crop} px crop")
-        y, x = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
-        lq, gt = lq[y:y + crop, x:x + crop], gt[y:y + crop, x:x + crop]
-    if augment:
-        flip, rot = int(rng.integers(2)), int(rng.integers(4))
-        if flip:
-            lq, gt = lq[:, ::-1], gt[:, ::-1]
-        if rot and lq.shape[0] == lq.shape[1]:
-            lq, gt = np.rot90(lq, rot), np.rot90(gt, rot)
-    return lq, gt
 
 
 @dataclass
@@ -96,8 +78,10 @@ class _SlotStream:
     crop: int | None
     skip_bad: bool
     epochs: int | None = None
+    cache_bytes: int = 0  # decoded samples kept for later epochs (first come, until full); 0: none
     skipped: int = 0
-    _units_cache: dict = field(default_factory=dict)
+    _decoded: dict = field(default_factory=dict)  # (shard location, position) -> (lq, gt) code arrays
+    _decoded_bytes: int = 0
 
     def epoch_length(self) -> int:
         a, b = slot_range(self.index.num_samples, self.slot, self.slots)
@@ -139,12 +123,16 @@ class _SlotStream:
             if item is None:
                 yield t, None
                 continue
-            loc, key, label, parts = item
+            loc, pos, key, label, parts = item
             try:
-                lq = decode_member(loc, key, parts["lq"], "lq")
-                gt = decode_member(loc, key, parts["gt"], "gt")
+                if parts is None:  # decoded in an earlier epoch (never modified: the views below are copied)
+                    lq, gt = self._decoded[(loc, pos)]
+                else:
+                    lq = decode_member(loc, key, parts["lq"], "lq", codes=True)
+                    gt = decode_member(loc, key, parts["gt"], "gt", codes=True)
+                    self._keep(loc, pos, lq, gt)
                 rs = np.random.default_rng([self.seed, epoch, 3, a + p])
-                lq, gt = _augment(lq, gt, rs, self.augment, self.crop, loc, key)
+                lq, gt = augment_pair(lq, gt, rs, self.augment, self.crop, loc, key)
             except BadSampleError as e:
                 if not self.skip_bad:
                     raise
@@ -152,11 +140,17 @@ class _SlotStream:
                 log.warning("skipped bad sample: %s", e)
                 yield t, None
                 continue
-            yield t, _Sample(key, label, epoch, a + p, torch.from_numpy(np.ascontiguousarray(lq.transpose(2, 0, 1))),
-                             torch.from_numpy(np.ascontiguousarray(gt.transpose(2, 0, 1))))
+            yield t, _Sample(key, label, epoch, a + p, chw_tensor(lq), chw_tensor(gt))
+
+    def _keep(self, loc: str, pos: int, lq: np.ndarray, gt: np.ndarray) -> None:
+        size = owned_nbytes(lq) + owned_nbytes(gt)
+        if self._decoded_bytes + size <= self.cache_bytes:
+            self._decoded[(loc, pos)] = (lq, gt)
+            self._decoded_bytes += size
 
     def _reader(self, units, starts, first, a, b, need_set, raw) -> Iterator[None]:
-        """Read the slot's units in order, putting ``raw[local position]`` for the needed positions."""
+        """Read the slot's units in order, putting ``raw[local position]`` for the needed positions: ``(loc, position
+        in shard, key, label, member bytes or None when already decoded)``, or ``None`` for a lost sample."""
         u_i = first
         while u_i < len(units) and starts[u_i] < b:
             shard = self.index.shards[units[u_i]]
@@ -165,14 +159,19 @@ class _SlotStream:
             u_i += 1
             if not in_shard:
                 continue  # consumed before the cursor: not even opened
-            loc = self.index.location(shard)
-            stop = hi - int(starts[u_i - 1])
+            loc, start = self.index.location(shard), int(starts[u_i - 1])
+            cached = {pos for pos in in_shard if (loc, pos) in self._decoded}
+            for pos in cached:
+                raw[start + pos - a] = (loc, pos, shard.keys[pos], shard.labels[pos], None)
+            in_shard -= cached
+            if not in_shard:  # every needed sample decoded before: the shard is not read
+                yield None
+                continue
             got: set[int] = set()
             try:
                 with open_shard(self.index, shard) as f:
-                    for pos, parts in read_members(f, loc, shard, in_shard, stop):
-                        g = int(starts[u_i - 1]) + pos - a
-                        raw[g] = (loc, shard.keys[pos], shard.labels[pos], parts)
+                    for pos, parts in read_members(f, loc, shard, in_shard, max(in_shard) + 1):
+                        raw[start + pos - a] = (loc, pos, shard.keys[pos], shard.labels[pos], parts)
                         got.add(pos)
                         yield None
             except BadSampleError as e:
@@ -182,7 +181,7 @@ class _SlotStream:
                 self.skipped += len(lost)
                 log.warning("skipped %d samples of a bad shard: %s", len(lost), e)
                 for pos in lost:
-                    raw[int(starts[u_i - 1]) + pos - a] = None
+                    raw[start + pos - a] = None
                 yield None
 
 
@@ -205,7 +204,7 @@ class _BatchDataset(torch.utils.data.IterableDataset):
         logical = (physical + self.start_batch) % nw  # physical worker 0 makes the next batch (start_batch)
         stream = _SlotStream(c["index"], c["seed"], c["rank"] * nw + logical, c["world"] * nw, c["shuffle"],
                              c["shuffle_buffer"], c["augment"], c["crop"], c["on_bad_sample"] == "skip",
-                             c["epochs"])
+                             c["epochs"], int(c["cache_mb"] * 2**20))
         stream.skipped = self.skipped[logical]
         batch: list[_Sample] = []
         for cursor, sample in stream.samples(self.cursors[logical]):
@@ -219,7 +218,7 @@ class _BatchDataset(torch.utils.data.IterableDataset):
 
 
 def _collate(batch: list[_Sample], worker: int, cursor: int, skipped: int) -> dict[str, Any]:
-    return {"lq": torch.stack([s.lq for s in batch]), "gt": torch.stack([s.gt for s in batch]),
+    return {"lq": stack_unit([s.lq for s in batch]), "gt": stack_unit([s.gt for s in batch]),
             "labels": torch.tensor([s.label for s in batch], dtype=torch.long),
             "keys": [s.key for s in batch], "epochs": [s.epoch for s in batch],
             "positions": [s.pos for s in batch], "worker": worker, "cursor": cursor, "skipped": skipped}
@@ -245,6 +244,8 @@ class StreamLoader:
         epochs: stop after this many epochs (``None``: endless, for step-based training); drop_last: with
             ``epochs``, drop a last incomplete batch of each worker.
         pin_memory: pinned host batches (``"auto"``: when CUDA is available) for non-blocking copies.
+        cache_mb: MiB of decoded samples each worker (or this process) keeps for later epochs, first come until
+            full (0: none). Values are the decoded ones either way; memory is bounded by this, not the set size.
         timeout: seconds a worker may stay silent before the DataLoader raises (never a hang).
 
     Raises ``ValueError`` for invalid settings.
@@ -254,11 +255,12 @@ class StreamLoader:
                  num_workers: int = 0, shuffle_buffer: int = 0, shuffle: bool = True, augment: bool = True,
                  crop: int | None = None, on_bad_sample: str = "error", epochs: int | None = None,
                  drop_last: bool = False, pin_memory: bool | str = "auto", timeout: float = 600.0,
-                 fields: Sequence[str] | None = ("lq", "gt", "labels"), prefetch_factor: int = 2):
+                 fields: Sequence[str] | None = ("lq", "gt", "labels"), prefetch_factor: int = 2,
+                 cache_mb: float = 0.0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if num_workers < 0 or shuffle_buffer < 0:
-            raise ValueError("num_workers and shuffle_buffer must be >= 0")
+        if num_workers < 0 or shuffle_buffer < 0 or not cache_mb >= 0:
+            raise ValueError("num_workers, shuffle_buffer and cache_mb must be >= 0")
         if on_bad_sample not in ("error", "skip"):
             raise ValueError(f"on_bad_sample must be 'error' or 'skip', got {on_bad_sample!r}")
         if not index.shards or index.num_samples == 0:
@@ -269,6 +271,7 @@ class StreamLoader:
         self.epochs, self.drop_last, self.timeout = epochs, bool(drop_last), float(timeout)
         self.pin_memory = torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory)
         self.fields, self.prefetch_factor = (tuple(fields) if fields else None), int(prefetch_factor)
+        self.cache_mb = float(cache_mb)
         self.rank, self.world = 0, 1
         self.bind(rank, world)
         self._iterating = False
@@ -289,7 +292,7 @@ class StreamLoader:
         return dict(index=self.index, seed=self.seed, rank=self.rank, world=self.world,
                     num_workers=self.num_workers, shuffle=self.shuffle, shuffle_buffer=self.shuffle_buffer,
                     augment=self.augment, crop=self.crop, on_bad_sample=self.on_bad_sample, epochs=self.epochs,
-                    batch_size=self.batch_size, drop_last=self.drop_last)
+                    batch_size=self.batch_size, drop_last=self.drop_last, cache_mb=self.cache_mb)
 
     def epoch_length(self) -> int:
         """Samples of one epoch on this rank (all its workers)."""
@@ -382,13 +385,13 @@ def iter_samples(index: ShardIndex, rows=None) -> Iterator[dict[str, Any]]:
 def train_loader(manifest, shard_dir: str | os.PathLike, data_cfg: dict[str, Any], *, batch_size: int,
                  seed: int, crop: int | None = None, split: str = "train") -> StreamLoader:
     """The training :class:`StreamLoader` for the validated ``data`` params group (``num_workers``,
-    ``shuffle_buffer``, ``on_bad_sample``, ``shards``: an ``s3://`` prefix or folder holding the shards instead of
-    ``shard_dir``, ``s3_endpoint_url``, ``timeout_s``; defaults in :mod:`pipelines.params`). ``crop``: the
-    training patch (a random window of larger samples)."""
+    ``shuffle_buffer``, ``cache_mb``, ``on_bad_sample``, ``shards``: an ``s3://`` prefix or folder of shards instead
+    of ``shard_dir``, ``s3_endpoint_url``, ``timeout_s``; :mod:`pipelines.params`). ``crop``: the training patch."""
     index = split_index(manifest, shard_dir, data_cfg, split)
     return StreamLoader(index, batch_size=batch_size, seed=seed, num_workers=int(data_cfg["num_workers"]),
                         shuffle_buffer=int(data_cfg["shuffle_buffer"]), crop=crop,
-                        on_bad_sample=str(data_cfg["on_bad_sample"]), timeout=float(data_cfg["timeout_s"]))
+                        on_bad_sample=str(data_cfg["on_bad_sample"]), timeout=float(data_cfg["timeout_s"]),
+                        cache_mb=float(data_cfg["cache_mb"]))
 
 
 def split_index(manifest, shard_dir: str | os.PathLike, data_cfg: dict[str, Any], split: str) -> ShardIndex:
